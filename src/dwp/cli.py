@@ -1,0 +1,71 @@
+"""The ``dwp`` command line: one sub-command per pipeline step, plus experiments.
+
+Each command lives in ``dwp.commands.<module>``; this file only wires them together and
+turns ``DwpError`` (bad user input) into a one-line message with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dwp import __version__
+from dwp.commands import data as data_cmd
+from dwp.runtime import DwpError
+
+app = typer.Typer(
+    name="dwp",
+    help="Learned priors over convolution kernels: the Deep Weight Prior and its baselines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dwp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Learned priors over convolution kernels: the Deep Weight Prior and its baselines."""
+
+
+app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
+# -- registrations of further commands (one line each) ------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dwp`` script; returns the exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DwpError as exc:
+        typer.echo(f"dwp: error: {exc}", err=True)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("dwp: interrupted (a rerun of the same command resumes)", err=True)
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
