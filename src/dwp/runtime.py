@@ -139,7 +139,9 @@ def prepare_run_dir(out: str | Path, command: str, config: dict[str, Any]) -> Pa
         try:
             old = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
-            raise DwpError(f"{cfg_path} is not valid JSON: delete the folder {out} and rerun") from exc
+            raise DwpError(
+                f"{cfg_path} is not valid JSON: delete the folder {out} and rerun"
+            ) from exc
         old_cfg = old.get("config", {})
         new_cfg = json.loads(json.dumps(config, default=str))
         diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))

@@ -1,0 +1,1 @@
+"""CLI command modules: one per pipeline step (registered in ``dwp.cli``)."""
