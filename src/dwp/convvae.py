@@ -22,11 +22,11 @@ code to enter) this is ``414,721 + z (2F + 3202)``, and 1,641,665 would need
 ``z (2F + 3202) = 1,226,944 = 2^6 * 19 * 1009`` -- no ``s`` in 1..14 and integer ``z`` solve it
 (nor, by an exhaustive search over s, z <= 1024, we found, do natural variants: bias-free
 heads, a linear z -> F or z -> 128 before the first ConvT, BatchNorm after hidden layers, two
-output channels, non-square maps -- only odd combinations with z such as 94, 188 or 206). We therefore keep
-the paper's layer list with unpadded convolutions (as in all the paper's nets, giving a 7x7 map,
-F = 6272) and take the z that brings the count closest to the paper's: **z = 78** gives
-**1,642,909** parameters (+1,244, +0.08 %); ``padding1=0`` with a stride-2 5x5 conv2 and z = 168
-would give 1,640,785 (-880) but changes a stride the paper does not list.
+output channels, non-square maps -- only odd combinations with z such as 94, 188 or 206).
+We therefore keep the paper's layer list with unpadded convolutions (as in all the paper's
+nets; a 7x7 map, F = 6272) and take the z that brings the count closest to the paper's:
+**z = 78** gives **1,642,909** parameters (+1,244, +0.08 %). (A stride-2 conv2, 4x4 map,
+z = 168 would give 1,640,785 (-880) but adds a stride the paper does not list.)
 
 The ELBO uses a Bernoulli likelihood on binarised pixels (``x > 0.5``) and q(z|x) = N(mu,
 diag exp(logvar)) against p(z) = N(0, I), KL in closed form.

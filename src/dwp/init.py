@@ -330,7 +330,7 @@ def init_from_prior(
         explicit = _resolve_explicit(mapping, sources, layers, source)
     seeds = _layer_seeds(len(layers), generator)
     report = InitReport(source=source)
-    for (name, module), seed in zip(layers, seeds):
+    for (name, module), seed in zip(layers, seeds, strict=True):
         weight = module.weight
         k = _square_k(module)
         kind = type(module).__name__
