@@ -39,8 +39,12 @@ class KernelPrior(nn.Module):
         self.kernel_size = kernel_size
 
     # -- checks --------------------------------------------------------------------------
-    def check_kernels(self, w: torch.Tensor, name: str = "kernels") -> None:
-        """Raise ``DwpError`` unless ``w`` is (N, k, k) with this prior's k and finite values."""
+    def check_kernels(self, w: torch.Tensor, name: str = "kernels", finite: bool = True) -> None:
+        """Raise ``DwpError`` unless ``w`` is (N, k, k) with this prior's k and finite values.
+
+        ``finite=False`` skips the NaN/inf scan (a device sync on GPU); ``kl`` uses it, since its
+        inputs are variational parameters rather than user data.
+        """
         if w.ndim != 3 or w.shape[-1] != w.shape[-2]:
             raise DwpError(f"{name}: expected shape (N, k, k), got {tuple(w.shape)}")
         k = w.shape[-1]
@@ -49,7 +53,7 @@ class KernelPrior(nn.Module):
                 f"{name}: this {self.family} prior is for {self.kernel_size}x{self.kernel_size} "
                 f"kernels, got {k}x{k}; use a prior trained on {k}x{k} kernels"
             )
-        if not torch.isfinite(w).all():
+        if finite and not torch.isfinite(w).all():
             raise DwpError(f"{name}: kernels contain NaN or inf values")
 
     def _resolve_k(self, kernel_size: int | None) -> int:
