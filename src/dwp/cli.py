@@ -11,6 +11,7 @@ import sys
 import typer
 
 from dwp import __version__
+from dwp.commands import bnn as bnn_cmd
 from dwp.commands import data as data_cmd
 from dwp.runtime import DwpError
 
@@ -41,6 +42,7 @@ def _root(
 
 app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
 # -- registrations of further commands (one line each) ------------------------------------
+app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)
 
 
 def main(argv: list[str] | None = None) -> int:

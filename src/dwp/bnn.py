@@ -1,0 +1,388 @@
+"""Training and evaluating Bayesian CNNs (paper Section 4.1) and their deterministic baseline.
+
+- :func:`train_bnn`: maximise the ELBO (or the auxiliary bound, Algorithm 1) with Adam, lr
+  linearly decayed to 0; full batch when N <= 1000 (one step = one epoch, as the paper).
+- :func:`train_deterministic` / :func:`choose_weight_decay`: the same net with an L2 penalty,
+  the penalty picked on a validation split carved from the training subset (never the test set).
+- :func:`evaluate`: accuracy, NLL and ECE of the ensemble of weight samples on a test set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dwp.bayes import bayes_layers, elbo_loss, kl, predict
+from dwp.metrics import classification_metrics
+from dwp.runtime import DwpError, progress
+
+FULL_BATCH_MAX = 1000
+DEFAULT_BATCH = 256
+WEIGHT_DECAY_GRID = (0.0, 1e-4, 1e-3, 1e-2)
+
+
+def resolve_batch_size(n: int, batch_size: int | None) -> int:
+    """``None`` -> full batch for n <= 1000 (the paper), else 256; capped at n."""
+    if batch_size is None:
+        return n if n <= FULL_BATCH_MAX else DEFAULT_BATCH
+    if batch_size < 1:
+        raise DwpError(f"batch size must be >= 1, got {batch_size}")
+    return min(batch_size, n)
+
+
+def _linear_decay(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
+
+
+def _batches(n: int, bs: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    """An endless sampler of index batches: shuffled epochs of size ``bs`` (full batch: all)."""
+    state = {"perm": torch.randperm(n, generator=generator), "pos": 0}
+
+    def nxt() -> torch.Tensor:
+        if bs >= n:
+            return torch.arange(n)
+        if state["pos"] + bs > n:
+            state["perm"], state["pos"] = torch.randperm(n, generator=generator), 0
+        idx = state["perm"][state["pos"] : state["pos"] + bs]
+        state["pos"] += bs
+        return idx
+
+    return nxt
+
+
+def train_bnn(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    kernel_subsample: int | None = None,
+    generator: torch.Generator | None = None,
+    show_progress: bool = False,
+    log_every: int = 0,
+) -> dict[str, Any]:
+    """Train a model with variational layers by minimising the negative ELBO estimate.
+
+    ``images`` (N, C, H, W) and ``labels`` (N,) are moved to the model's device once.
+    Trains every parameter with ``requires_grad`` (posterior means and log-variances, biases,
+    the deterministic classifier, the reverse models unless frozen; prior parameters are frozen
+    by the layers). Adam with lr linearly decayed from ``lr`` to 0 over ``steps``.
+
+    Returns ``{"loss": [...], "nll": [...], "kl": [...], "steps", "seconds"}`` with one entry per
+    logged step (every ``log_every`` steps and the last; ``log_every=0``: first and last only).
+    """
+    if steps < 1:
+        raise DwpError(f"steps must be >= 1, got {steps}")
+    if not bayes_layers(model):
+        raise DwpError("the model has no variational layers: use dwp.bayes.bayesianize first")
+    device = next(model.parameters()).device
+    x, y = images.to(device), labels.to(device)
+    n = x.shape[0]
+    bs = resolve_batch_size(n, batch_size)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    next_batch = _batches(n, bs, g)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = _linear_decay(opt, steps)
+    hist: dict[str, Any] = {"step": [], "loss": [], "nll": [], "kl": []}
+    model.train()
+    t0 = time.perf_counter()
+    bar = progress(range(steps), desc="train-bnn", enabled=show_progress)
+    for t in bar:
+        idx = next_batch().to(device)
+        opt.zero_grad(set_to_none=True)
+        logits = model(x[idx])
+        kl_term = kl(model, kernel_subsample=kernel_subsample, generator=g)
+        loss = elbo_loss(logits, y[idx], kl_term, n)
+        if not torch.isfinite(loss):
+            raise DwpError(f"the loss became {loss.item()} at step {t}: lower --lr or check data")
+        loss.backward()
+        opt.step()
+        sched.step()
+        if t == 0 or t == steps - 1 or (log_every and t % log_every == 0):
+            nll = (loss - kl_term).item() / n
+            hist["step"].append(t)
+            hist["loss"].append(loss.item())
+            hist["nll"].append(nll)
+            hist["kl"].append(kl_term.item())
+            bar.set_postfix(nll=f"{nll:.3f}", kl=f"{kl_term.item():.4g}")
+    hist["steps"] = steps
+    hist["seconds"] = time.perf_counter() - t0
+    return hist
+
+
+def train_deterministic(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    weight_decay: float,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train an ordinary net: mean cross-entropy + L2 (Adam ``weight_decay``), lr decayed to 0.
+
+    Returns ``{"loss": final mean CE on the last batch, "steps", "seconds"}``.
+    """
+    if steps < 1:
+        raise DwpError(f"steps must be >= 1, got {steps}")
+    device = next(model.parameters()).device
+    x, y = images.to(device), labels.to(device)
+    n = x.shape[0]
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    next_batch = _batches(n, resolve_batch_size(n, batch_size), g)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = _linear_decay(opt, steps)
+    model.train()
+    t0 = time.perf_counter()
+    loss = torch.zeros(())
+    for _ in progress(range(steps), desc="train-det", enabled=show_progress):
+        idx = next_batch().to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        sched.step()
+    return {"loss": loss.item(), "steps": steps, "seconds": time.perf_counter() - t0}
+
+
+def stratified_holdout(
+    labels: torch.Tensor, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices into (train, validation): ``fraction`` of every class (at least 1) held out.
+
+    Raises ``DwpError`` when a class has fewer than 2 examples.
+    """
+    train, val = [], []
+    for c in labels.unique():
+        members = torch.nonzero(labels == c).flatten()
+        if len(members) < 2:
+            raise DwpError(f"class {int(c)} has {len(members)} example(s): need >= 2 to validate")
+        members = members[torch.randperm(len(members), generator=generator)]
+        k = min(len(members) - 1, max(1, round(fraction * len(members))))
+        val.append(members[:k])
+        train.append(members[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def choose_weight_decay(
+    make_model: Callable[[], nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    grid: Sequence[float] = WEIGHT_DECAY_GRID,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    **train_kw: Any,
+) -> tuple[float, list[dict[str, float]]]:
+    """Pick the L2 strength from ``grid`` on a validation split of the TRAINING data.
+
+    Each candidate trains ``make_model()`` on the rest of the training subset; the best validation
+    accuracy wins (ties: lower validation NLL, then the smaller decay). Returns the chosen decay
+    and one ``{"weight_decay", "val_accuracy", "val_nll"}`` record per candidate.
+    """
+    g = torch.Generator().manual_seed(seed)
+    tr, va = stratified_holdout(labels, val_fraction, g)
+    scores = []
+    for wd in grid:
+        torch.manual_seed(seed)
+        model = make_model()
+        train_deterministic(model, images[tr], labels[tr], steps=steps, weight_decay=wd,
+                            generator=torch.Generator().manual_seed(seed), **train_kw)
+        m = evaluate(model, images[va], labels[va], samples=1)
+        scores.append({"weight_decay": wd, "val_accuracy": m["accuracy"], "val_nll": m["nll"]})
+    best = min(scores, key=lambda s: (-s["val_accuracy"], s["val_nll"], s["weight_decay"]))
+    return best["weight_decay"], scores
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    samples: int = 10,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """Accuracy, NLL and ECE of the ``samples``-member ensemble (1 pass for deterministic nets)."""
+    probs = predict(model, images, samples=samples, batch_size=batch_size)
+    out = classification_metrics(probs.cpu(), labels.cpu())
+    if not all(math.isfinite(v) for v in out.values()):
+        raise DwpError(f"non-finite test metrics {out}: the model diverged")
+    return out
+
+
+# -- one classification run (paper Section 4.1), shared by ``train-bnn`` and the experiment --
+METHODS = ("dwp", "standard-normal", "log-uniform", "fitted-gaussian", "deterministic")
+METHOD_ALIASES = {
+    "dwp": "dwp", "vae": "dwp", "sn": "standard-normal", "standard-normal": "standard-normal",
+    "lu": "log-uniform", "log-uniform": "log-uniform", "loguniform": "log-uniform",
+    "mvn": "fitted-gaussian", "fitted-gaussian": "fitted-gaussian",
+    "det": "deterministic", "deterministic": "deterministic",
+}
+
+
+def canonical_method(name: str) -> str:
+    """Map a method name or alias (dwp, sn, lu, mvn, det, ...) to one of ``METHODS``."""
+    try:
+        return METHOD_ALIASES[name.lower()]
+    except KeyError:
+        raise DwpError(
+            f"unknown prior/method {name!r}: use one of dwp, sn, lu, mvn, deterministic"
+        ) from None
+
+
+def resolve_priors(
+    method: str,
+    prior_dir: str | None = None,
+    kernels: str | None = None,
+    map_location: str | torch.device | None = None,
+) -> Any:
+    """The prior(s) of a method: one ``KernelPrior`` for all convs, or ``{layer: prior}``.
+
+    ``dwp`` reads the per-layer VAE priors of ``prior_dir``; ``fitted-gaussian`` reads the
+    fitted-Gaussian priors of ``prior_dir`` or fits them now on the kernel set ``kernels``
+    (``train`` split). ``deterministic`` -> ``None``.
+    """
+    from dwp.priors import FittedGaussian, LogUniform, StandardNormal, load_prior_dir
+
+    method = canonical_method(method)
+    if method == "deterministic":
+        return None
+    if method == "standard-normal":
+        return StandardNormal()
+    if method == "log-uniform":
+        return LogUniform()
+    if method == "dwp":
+        if prior_dir is None:
+            raise DwpError("--prior dwp needs --prior-dir (a folder made by 'dwp train-prior')")
+        priors = load_prior_dir(prior_dir, map_location)
+        bad = {k: p.family for k, p in priors.items() if p.explicit}
+        if bad:
+            raise DwpError(f"{prior_dir} holds explicit priors {bad}, not deep weight priors "
+                           f"(family vae): use --prior mvn/sn/lu for them or another --prior-dir")
+        return priors
+    # fitted-gaussian
+    if prior_dir is not None:
+        priors = load_prior_dir(prior_dir, map_location)
+        bad = {k: p.family for k, p in priors.items() if p.family != "mvn"}
+        if bad:
+            raise DwpError(f"{prior_dir} holds {bad}, not fitted Gaussians (family mvn): pass "
+                           f"--kernels KERNELSET to fit them, or a prior dir of mvn priors")
+        return priors
+    if kernels is None:
+        raise DwpError("--prior mvn needs --prior-dir (mvn priors) or --kernels (a kernel set)")
+    from dwp.kernelsets import find_layers, load_kernel_file
+
+    return {name: FittedGaussian.fit(load_kernel_file(path)["train"])
+            for name, path in find_layers(kernels).items()}
+
+
+def match_priors(model: nn.Module, priors: Any) -> Any:
+    """Key per-layer priors by layer name when the names match the model's convs, else by k."""
+    if priors is None or not isinstance(priors, dict):
+        return priors
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m) is nn.Conv2d}
+    names |= {n for n, m in model.named_modules() if type(m) is nn.Conv2d}
+    if all(k in names for k in priors):
+        return priors
+    by_k: dict[int, Any] = {}
+    for key, p in priors.items():
+        if p.kernel_size is None or p.kernel_size in by_k:
+            raise DwpError(f"cannot match prior {key!r} to a conv layer by name or kernel size: "
+                           f"name the prior folders after the layers ({', '.join(sorted(names))})")
+        by_k[p.kernel_size] = p
+    return by_k
+
+
+def run_classification(
+    method: str,
+    n: int,
+    seed: int,
+    *,
+    train_data: Any,
+    test_data: Any,
+    steps: int,
+    priors: Any = None,
+    device: torch.device | str = "cpu",
+    kernel_subsample: int | None = None,
+    freeze_reverse: bool = False,
+    init: str | None = None,
+    log_sigma2_init: float = -10.0,
+    ensemble: int = 10,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    widths: Sequence[int] = (32, 128),
+    weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
+
+    ``train_data``/``test_data`` are ``dwp.data.ImageDataset``s; the subset is
+    ``class_balanced_subset(labels, n, seed)``. Bayesian methods: conv layers get ``priors``
+    (see :func:`resolve_priors`), the classifier stays deterministic, posterior means start
+    from a prior sample (``init="prior"``, default for dwp and fitted-gaussian, as the paper's
+    code) or Xavier (default otherwise). ``deterministic``: the weight decay is chosen on a
+    validation split of the subset. Returns the JSON-able record of the run.
+    """
+    from dwp.bayes import bayesianize
+    from dwp.data import class_balanced_subset
+    from dwp.nets import FConvMNIST, xavier_init_
+    from dwp.runtime import seed_everything
+
+    method = canonical_method(method)
+    device = torch.device(device)
+    idx = class_balanced_subset(train_data.labels, n, seed)
+    x, y = train_data.images[idx], train_data.labels[idx]
+    in_ch = x.shape[1]
+
+    def make_model() -> nn.Module:
+        return xavier_init_(FConvMNIST(widths, in_channels=in_ch,
+                                       num_classes=train_data.num_classes)).to(device)
+
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,
+                           "device": str(device), "ensemble": ensemble}
+    if method == "deterministic":
+        wd, scores = choose_weight_decay(make_model, x, y, steps=steps, grid=weight_decay_grid,
+                                         seed=seed, lr=lr, batch_size=batch_size)
+        g = seed_everything(seed)
+        model = make_model()
+        hist = train_deterministic(model, x, y, steps=steps, weight_decay=wd, lr=lr,
+                                   batch_size=batch_size, generator=g,
+                                   show_progress=show_progress)
+        metrics = evaluate(model, test_data.images, test_data.labels, samples=1)
+        rec.update(weight_decay=wd, validation=scores, final_train_loss=hist["loss"],
+                   ensemble=1)
+    else:
+        if priors is None:
+            raise DwpError(f"method {method} needs priors (see resolve_priors)")
+        g = seed_everything(seed)
+        model = make_model()
+        if init is None:
+            init = "prior" if method in ("dwp", "fitted-gaussian") else "xavier"
+        report = bayesianize(model, match_priors(model, priors), init=init,
+                             log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
+                             generator=torch.Generator(device=device).manual_seed(seed)
+                             if device.type != "cpu" else g)
+        model.to(device)
+        hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
+                         kernel_subsample=kernel_subsample, generator=g,
+                         show_progress=show_progress)
+        metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
+        rec.update(init=init, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
+                   log_sigma2_init=log_sigma2_init, layers=report,
+                   final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
+    rec.update(metrics)
+    rec["seconds"] = time.perf_counter() - t0
+    return rec

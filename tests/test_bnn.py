@@ -1,0 +1,112 @@
+"""Training loops of the Bayesian CNN and its baseline, metrics, and the train-bnn command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dwp.bayes import bayesianize
+from dwp.bnn import (
+    canonical_method,
+    resolve_batch_size,
+    stratified_holdout,
+    train_bnn,
+    train_deterministic,
+)
+from dwp.metrics import accuracy, ece, ensemble, nll
+from dwp.priors.gaussian import StandardNormal
+from dwp.runtime import DwpError
+
+
+def test_metrics_known_values():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])
+    labels = torch.tensor([0, 1, 1, 0])
+    assert accuracy(probs, labels) == pytest.approx(0.75)
+    assert nll(probs, labels) == pytest.approx(
+        -(math.log(0.9) + math.log(0.4) + math.log(0.7) + math.log(0.8)) / 4)
+    # 15 bins: confidences 0.9, 0.6, 0.7, 0.8 fall in 4 different bins
+    # |1-.9| + |0-.6| + |1-.7| + |1-.8| over 4
+    assert ece(probs, labels) == pytest.approx((0.1 + 0.6 + 0.3 + 0.2) / 4)
+    # perfectly calibrated in one bin: 2 of 4 right at confidence 0.5 -> 0 (ties pick class 0)
+    half = torch.full((4, 2), 0.5)
+    assert ece(half, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.0)
+    assert torch.allclose(ensemble([probs, probs.flip(1)]), torch.full((4, 2), 0.5))
+    with pytest.raises(DwpError):
+        accuracy(probs, labels[:3])
+
+
+def test_batch_size_and_method_names():
+    assert resolve_batch_size(50, None) == 50
+    assert resolve_batch_size(5000, None) == 256
+    assert resolve_batch_size(50, 500) == 50
+    assert canonical_method("sn") == "standard-normal"
+    assert canonical_method("mvn") == "fitted-gaussian"
+    with pytest.raises(DwpError, match="unknown prior"):
+        canonical_method("gauss")
+
+
+def test_stratified_holdout_keeps_every_class_in_both_parts():
+    labels = torch.arange(10).repeat_interleave(5)
+    tr, va = stratified_holdout(labels, 0.2, torch.Generator().manual_seed(0))
+    assert len(va) == 10 and len(tr) == 40
+    assert set(tr.tolist()).isdisjoint(va.tolist())
+    assert labels[va].bincount().tolist() == [1] * 10
+
+
+@pytest.fixture(scope="module")
+def mnist50(data_root):
+    from dwp.data import class_balanced_subset, load_dataset
+
+    train = load_dataset("mnist", "train", data_root)
+    idx = class_balanced_subset(train.labels, 50, seed=0)
+    return train.images[idx], train.labels[idx]
+
+
+def test_bnn_loss_is_finite_and_decreases_on_50_mnist_images(mnist50):
+    from dwp.nets import FConvMNIST
+
+    x, y = mnist50
+    torch.manual_seed(0)
+    net = FConvMNIST((8, 16))
+    bayesianize(net, StandardNormal())
+    hist = train_bnn(net, x, y, steps=200, log_every=50,
+                     generator=torch.Generator().manual_seed(0))
+    loss, data_nll = hist["loss"], hist["nll"]
+    assert all(math.isfinite(v) for v in loss)
+    assert loss[-1] < loss[0]
+    assert data_nll[-1] < 0.5 * data_nll[0]  # it fits the 50 images
+    assert hist["kl"][-1] < hist["kl"][0]  # sigma grows away from exp(-10)
+
+
+def test_deterministic_training_fits(mnist50):
+    from dwp.nets import FConvMNIST
+
+    x, y = mnist50
+    torch.manual_seed(0)
+    net = FConvMNIST((8, 16))
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(net(x), y).item()
+    hist = train_deterministic(net, x, y, steps=100, weight_decay=1e-3)
+    assert hist["loss"] < 0.5 * before
+
+
+def test_train_bnn_command_writes_metrics(tmp_path, data_root):
+    from dwp.cli import main
+
+    out = tmp_path / "run"
+    args = ["train-bnn", "--out", str(out), "--prior", "sn", "--n", "20", "--steps", "3",
+            "--ensemble", "2", "--device", "cpu", "--data-root", str(data_root),
+            "--no-progress"]
+    assert main(args) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["method"] == "standard-normal" and rec["n"] == 20 and rec["steps"] == 3
+    for k in ("accuracy", "nll", "ece", "seconds", "device"):
+        assert k in rec
+    assert 0.0 <= rec["accuracy"] <= 1.0
+    assert main(args) == 0  # rerun: done, nothing retrained
+    assert main(["train-bnn", "--out", str(tmp_path / "b"), "--prior", "dwp",
+                 "--data-root", str(data_root)]) == 2  # no --prior-dir
