@@ -13,6 +13,7 @@ import typer
 from dwp import __version__
 from dwp.commands import bnn as bnn_cmd
 from dwp.commands import data as data_cmd
+from dwp.commands import priors as priors_cmd
 from dwp.runtime import DwpError
 
 app = typer.Typer(
@@ -42,6 +43,8 @@ def _root(
 
 app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
 # -- registrations of further commands (one line each) ------------------------------------
+app.command("train-prior", **priors_cmd.TRAIN_COMMAND)(priors_cmd.train_prior)
+app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior)
 app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)
 
 

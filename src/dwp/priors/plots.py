@@ -25,8 +25,7 @@ def kernel_grid(w: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 def _show(ax, img: torch.Tensor, vmax: float, title: str) -> None:
     import matplotlib
 
-    cmap = matplotlib.colormaps["gray"].copy()
-    cmap.set_bad("#d0d0ff")
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#d0d0ff")
     ax.imshow(img.numpy(), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")

@@ -1,0 +1,227 @@
+"""``dwp train-prior`` and ``dwp sample-prior``: fit kernel priors per layer, and look at them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+
+from dwp.commands.options import Device, Progress, as_path
+from dwp.kernelsets import find_layers, load_kernel_file, read_metadata
+from dwp.priors import FAMILIES, get_family, load_prior_dir, read_prior_meta, save_prior
+from dwp.priors.fit import evaluate_prior, fit_prior
+from dwp.runtime import (
+    DwpError,
+    atomic_write_json,
+    atomic_write_text,
+    prepare_run_dir,
+    select_device,
+)
+
+TRAIN_COMMAND = {"short_help": "Fit a kernel prior (VAE, Gaussian, ...) per conv layer; score it."}
+SAMPLE_COMMAND = {"short_help": "Plot kernels sampled from a prior beside real ones (+ latents)."}
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise DwpError(
+            f"--iwae-k must be comma-separated integers like 1,100,1000, got {text!r}"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise DwpError(f"--iwae-k needs integers >= 1, got {text!r}")
+    return ks
+
+
+def _test_files(kernels: Path, test: Path | None, layers: dict[str, Path]) -> dict[str, Path]:
+    if test is None:
+        return {}
+    tl = find_layers(test)
+    if len(layers) == 1 and len(tl) == 1:
+        return {next(iter(layers)): next(iter(tl.values()))}
+    missing = sorted(set(layers) - set(tl))
+    if missing:
+        raise DwpError(f"--test {test} lacks layers {missing} of {kernels}; give matching sets")
+    return {name: tl[name] for name in layers}
+
+
+def train_prior(
+    kernels: Path = typer.Argument(
+        ..., help="A kernel-set folder (every layer is trained) or one .safetensors/.npy file."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder PRIOR (PRIOR/<layer>/)."),
+    test: Path | None = typer.Option(
+        None, "--test", help="Held-out kernels (folder or file; its 'test' tensor if present, "
+        "else all of it). Default: the 'test' tensor of each training file, if any."
+    ),
+    family: str = typer.Option(
+        "vae", "--family", "-f", help=f"Prior family: one of {', '.join(sorted(FAMILIES))}."
+    ),
+    epochs: int = typer.Option(300, help="VAE training epochs (paper: 300)."),
+    batch_size: int = typer.Option(128, help="VAE batch size (paper: 128)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate, decayed linearly to 0 (paper: 1e-3)."),
+    z_dim: int | None = typer.Option(None, help="VAE latent size (default: 2 for 7x7, 4 else)."),
+    hidden: int | None = typer.Option(
+        None, help="VAE hidden width (default: 32 for 7x7, 64 otherwise)."
+    ),
+    arch: str = typer.Option("auto", help="VAE architecture: auto, paper, generic, linear."),
+    iwae_k: str = typer.Option("1,100,1000", help="IWAE sample counts for test metrics."),
+    iwae_max_kernels: int = typer.Option(
+        2000, help="IWAE on at most this many random test kernels (0: all)."
+    ),
+    seed: int = typer.Option(0, help="Random seed (initialisation, batches, estimates)."),
+    device: str = Device,
+    show_progress: bool = Progress,
+) -> None:
+    """Fit a kernel prior per conv layer and score it on held-out kernels.
+
+    Writes PRIOR/<layer>/ (prior.safetensors, prior.json, history.jsonl, metrics.json) and
+    PRIOR/metrics.json: per layer train/test ELBO, test IWAE for each K and the test
+    log-likelihood of a fitted full-covariance and isotropic Gaussian (nats per kernel).
+    Layers already finished in PRIOR are skipped, so a rerun resumes.
+    """
+    get_family(family)
+    kernels = as_path(kernels)
+    test = as_path(test)
+    out = as_path(out)
+    layers = find_layers(kernels)
+    test_files = _test_files(kernels, test, layers)
+    ks = _parse_ks(iwae_k)
+    dev = select_device(device)
+    config = {
+        "kernels": str(kernels), "test": None if test is None else str(test), "family": family,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "z_dim": z_dim, "hidden": hidden,
+        "arch": arch, "iwae_k": list(ks), "iwae_max_kernels": iwae_max_kernels, "seed": seed,
+        "device": str(dev),
+    }
+    prepare_run_dir(out, "train-prior", config)
+    all_metrics: dict[str, dict] = {}
+    for name, path in layers.items():
+        layer_dir = out / name
+        done = layer_dir / "metrics.json"
+        if done.exists() and (layer_dir / "prior.json").exists():
+            typer.echo(f"{name}: already trained in {layer_dir}, skipping")
+            all_metrics[name] = json.loads(done.read_text())
+            continue
+        data = load_kernel_file(path)
+        train = data["train"]
+        test_w, test_src = data.get("test"), str(path) + "[test]"
+        if name in test_files:
+            td = load_kernel_file(test_files[name])
+            test_w, test_src = td.get("test", td["train"]), str(test_files[name])
+        if test_w is not None and test_w.shape[-1] != train.shape[-1]:
+            raise DwpError(
+                f"{name}: test kernels are {test_w.shape[-1]}x{test_w.shape[-1]}, training "
+                f"kernels {train.shape[-1]}x{train.shape[-1]}; give the same layer's kernels"
+            )
+        vae_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, z_dim=z_dim,
+                          hidden=hidden, arch=arch, device=dev, seed=seed,
+                          show_progress=show_progress, desc=name)
+        prior, history = fit_prior(family, train, **(vae_kwargs if family == "vae" else {}))
+        metrics = evaluate_prior(
+            prior, train, test_w, iwae_ks=ks, iwae_max_kernels=iwae_max_kernels or None,
+            seed=seed, device=dev,
+        )
+        metrics["test_source"] = None if test_w is None else test_src
+        training = {k: v for k, v in config.items() if k not in ("kernels", "test", "device")}
+        save_prior(
+            prior.cpu(), layer_dir,
+            {
+                "layer": name,
+                "training": training if family == "vae" else {"closed_form": family},
+                "source": {"kernels": str(path), "n_train": int(train.shape[0]),
+                           "test": metrics["test_source"], "metadata": read_metadata(path)},
+            },
+        )
+        atomic_write_text(
+            layer_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history)
+        )
+        atomic_write_json(done, metrics)
+        all_metrics[name] = metrics
+        typer.echo(_summary(name, metrics))
+    atomic_write_json(out / "metrics.json", all_metrics)
+    typer.echo(f"wrote {out}/metrics.json")
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _summary(name: str, m: dict) -> str:
+    parts = [f"{name}: {m['family']} {m['kernel_size']}x{m['kernel_size']}",
+             f"train {_fmt(m['train_elbo'])}", f"test {_fmt(m['test_elbo'])}"]
+    if m.get("test_iwae"):
+        parts.append("iwae " + " ".join(f"K={k}:{_fmt(v)}" for k, v in m["test_iwae"].items()))
+    if m.get("test_loglik"):
+        parts.append(f"mvn {_fmt(m['test_loglik']['fitted_gaussian'])}")
+        parts.append(f"iso {_fmt(m['test_loglik']['isotropic_gaussian'])}")
+    return ", ".join(parts) + " (nats/kernel)"
+
+
+def sample_prior(
+    prior: Path = typer.Argument(..., help="A prior folder (PRIOR or PRIOR/<layer>)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="PNG to write; with several layers FILE-<layer>.png each."
+    ),
+    n: int = typer.Option(64, "--n", help="Number of kernels to sample (and to show real)."),
+    kernels: Path | None = typer.Option(
+        None, "--kernels", help="Real kernels to show (default: the source recorded at training)."
+    ),
+    layer: str | None = typer.Option(None, "--layer", help="Only this layer."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = Device,
+) -> None:
+    """Draw kernels from a prior and save them beside real ones as a PNG.
+
+    For a VAE with a 2-D latent space, also writes FILE-latent.png: encoder means of the real
+    kernels coloured by kernel norm (paper Appendix D) and decoded kernels over a z grid.
+    """
+    from dwp.priors.plots import plot_latent, plot_samples, sample_for_plot
+
+    prior_dir, out = as_path(prior), as_path(out)
+    if n < 1:
+        raise DwpError("--n must be >= 1")
+    if out.suffix.lower() != ".png":
+        raise DwpError(f"--out must end in .png, got {out}")
+    dev = select_device(device)
+    priors = load_prior_dir(prior_dir, map_location=dev)
+    if layer is not None:
+        if layer not in priors:
+            raise DwpError(f"{prior_dir} has no layer {layer!r}; layers: {sorted(priors)}")
+        priors = {layer: priors[layer]}
+    for name, p in priors.items():
+        meta_dir = prior_dir if (prior_dir / "prior.json").exists() else prior_dir / name
+        meta = read_prior_meta(meta_dir)
+        real = _real_kernels(kernels, name, meta)
+        target = out if len(priors) == 1 else out.with_name(f"{out.stem}-{name}{out.suffix}")
+        gen = torch.Generator().manual_seed(seed)
+        shown = None
+        if real is not None:
+            p.check_kernels(real, "real kernels")
+            idx = torch.randperm(real.shape[0], generator=gen)[:n]
+            shown = real[idx]
+        samples = sample_for_plot(p, n, seed).cpu()
+        plot_samples(samples, shown, target, title=f"{name}: {p.family} prior")
+        typer.echo(f"wrote {target}")
+        if getattr(p, "z_dim", None) == 2 and real is not None:
+            lat = target.with_name(f"{target.stem}-latent.png")
+            sub = real[torch.randperm(real.shape[0], generator=gen)[:5000]]
+            plot_latent(p, sub, lat, title=f"{name}: latent space of the {p.family} prior")
+            typer.echo(f"wrote {lat}")
+
+
+def _real_kernels(kernels: Path | None, name: str, meta: dict) -> torch.Tensor | None:
+    if kernels is not None:
+        layers = find_layers(as_path(kernels))
+        path = layers.get(name) or (next(iter(layers.values())) if len(layers) == 1 else None)
+        if path is None:
+            raise DwpError(f"--kernels {kernels} has no layer {name!r}; layers: {sorted(layers)}")
+    else:
+        src = (meta.get("source") or {}).get("kernels")
+        if not src or not Path(src).exists():
+            return None
+        path = Path(src)
+    return load_kernel_file(path)["train"]

@@ -1,0 +1,231 @@
+"""The kernel VAE (deep weight prior): architectures, IWAE, auxiliary KL bound, training, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dwp.cli import main
+from dwp.priors import KernelVAE, load_prior
+from dwp.priors.fit import evaluate_prior, train_kernel_vae
+from dwp.priors.gaussian import kl_diag_vs_full
+from dwp.priors.vae import linear_gaussian_marginal, parameter_count
+from dwp.runtime import DwpError
+
+
+def _edges(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Structured kernels: oriented soft edges of random amplitude under a Gaussian window."""
+    g = torch.Generator().manual_seed(seed)
+    th = torch.rand(n, generator=g) * math.pi
+    c = torch.linspace(-1, 1, k)
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    proj = xx * torch.cos(th)[:, None, None] + yy * torch.sin(th)[:, None, None]
+    amp = 0.2 * (1 + torch.rand(n, 1, 1, generator=g))
+    w = amp * torch.tanh(3 * proj) * torch.exp(-(xx**2 + yy**2))
+    return w + 0.02 * torch.randn(n, k, k, generator=g)
+
+
+@pytest.mark.parametrize(
+    "k,z,enc,dec", [(7, 2, 56_004, 56_674), (5, 4, 260_040, 304_194)]
+)
+def test_paper_architectures_have_the_papers_parameter_counts(k, z, enc, dec):
+    vae = KernelVAE(k)
+    assert vae.arch == "paper" and vae.z_dim == z
+    assert parameter_count(vae.encoder) == enc
+    assert parameter_count(vae.decoder) == dec
+
+
+@pytest.mark.parametrize("k", [3, 4, 6, 9])
+def test_generic_architecture_any_kernel_size(k):
+    vae = KernelVAE(k)
+    assert vae.arch == "generic"
+    w = _edges(6, k)
+    mu_z, lv_z = vae.encode(w)
+    assert mu_z.shape == lv_z.shape == (6, vae.z_dim)
+    mu_w, lv_w = vae.decode(mu_z)
+    assert mu_w.shape == lv_w.shape == (6, k, k)
+    assert torch.isfinite(vae.elbo(w)).all()
+    assert vae.sample(5).shape == (5, k, k)
+    with pytest.raises(DwpError, match="3x3 or more"):
+        KernelVAE(2)
+    with pytest.raises(DwpError, match="5x5 and 7x7"):
+        KernelVAE(k, arch="paper")
+
+
+def _linear_vae(k=3, z=2, seed=0):
+    """A linear-Gaussian VAE whose exact posterior p(z|w) is diagonal, and that posterior.
+
+    Decoder p(w|z) = N(Az + b, D) with A = D^1/2 Q diag(c), Q orthonormal columns, so
+    A^T D^-1 A = diag(c^2) and p(z|w) = N(S A^T D^-1 (w - b), S), S = diag(1 / (1 + c^2)).
+    The encoder is set to that posterior exactly.
+    """
+    g = torch.Generator().manual_seed(seed)
+    d = k * k
+    vae = KernelVAE(k, z_dim=z, arch="linear")
+    s2 = 0.05 + 0.1 * torch.rand(d, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(d, z, generator=g))
+    c = torch.tensor([2.0, 0.7])[:z]
+    a = torch.sqrt(s2)[:, None] * q * c
+    b = 0.3 * torch.randn(d, generator=g)
+    post_var = 1 / (1 + c**2)
+    e = post_var[:, None] * (a.T / s2)
+    with torch.no_grad():
+        vae.decoder.linear.weight.copy_(a)
+        vae.decoder.linear.bias.copy_(b)
+        vae.decoder.log_var.copy_(torch.log(s2))
+        vae.encoder.linear.weight.copy_(e)
+        vae.encoder.linear.bias.copy_(-e @ b)
+        vae.encoder.log_var.copy_(torch.log(post_var))
+    return vae
+
+
+def _perturbed_encoder(vae):
+    enc = vae.make_reverse()
+    with torch.no_grad():
+        enc.linear.bias.add_(0.6)
+        enc.log_var.add_(0.7)
+    return enc
+
+
+@torch.no_grad()
+def _exact_log_prob(vae, w):
+    loc, cov = linear_gaussian_marginal(vae)
+    dist = torch.distributions.MultivariateNormal(loc.double(), cov.double())
+    return dist.log_prob(w.flatten(1).double()).float()
+
+
+def test_linear_gaussian_iwae_approaches_closed_form_log_density():
+    vae = _linear_vae()
+    w = vae.sample(40, generator=torch.Generator().manual_seed(1)).detach()
+    exact = _exact_log_prob(vae, w)
+    gen = torch.Generator().manual_seed(2)
+    # with r = the exact posterior every importance weight equals p(w): exact even at K = 1
+    assert torch.allclose(vae.iwae_log_prob(w, k=1, generator=gen), exact, atol=1e-4)
+    # with a wrong r the ELBO-like K=1 estimate is low, and large K closes the gap
+    vae.encoder = _perturbed_encoder(vae)
+    iw1 = vae.iwae_log_prob(w, k=1, generator=gen)
+    iw_big = vae.iwae_log_prob(w, k=20_000, chunk=50_000, generator=gen)
+    assert float((exact - iw1).mean()) > 0.3
+    assert float((exact - iw_big).abs().mean()) < 0.02
+    assert float((exact - iw_big).mean()) > -0.005  # a lower bound in expectation
+
+
+def test_auxiliary_kl_bound_is_above_exact_kl_and_tight_for_exact_posterior():
+    vae = _linear_vae()
+    vae.requires_grad_(False)
+    loc, cov = linear_gaussian_marginal(vae)
+    mu = vae.sample(1, generator=torch.Generator().manual_seed(3)) + 0.1
+    log_var = torch.full_like(mu, -3.0)
+    exact = float(kl_diag_vs_full(mu, log_var, loc, torch.linalg.cholesky(cov)))
+    m = 40_000
+    mus, lvs = mu.expand(m, 3, 3), log_var.expand(m, 3, 3)
+    torch.manual_seed(0)
+    tight = vae.kl(mus, lvs).double()  # the prior's own encoder = the exact posterior
+    loose = vae.kl(mus, lvs, reverse=_perturbed_encoder(vae)).detach().double()
+    se_t, se_l = float(tight.std()) / math.sqrt(m), float(loose.std()) / math.sqrt(m)
+    assert abs(float(tight.mean()) - exact) < 4 * se_t, (float(tight.mean()), exact, se_t)
+    # the bound holds and a poor reverse model makes it strictly looser
+    assert float(loose.mean()) - exact > 10 * se_l, (float(loose.mean()), exact, se_l)
+
+
+def test_kl_gradients_reach_posterior_and_reverse_model_only():
+    vae = _linear_vae()
+    vae.requires_grad_(False)
+    rev = vae.make_reverse()
+    mu = torch.zeros(4, 3, 3, requires_grad=True)
+    log_var = torch.full((4, 3, 3), -2.0, requires_grad=True)
+    vae.kl(mu, log_var, reverse=rev).sum().backward()
+    assert mu.grad is not None and log_var.grad is not None
+    assert all(p.grad is not None for p in rev.parameters())
+    assert all(p.grad is None for p in vae.parameters())
+
+
+@pytest.fixture(scope="module")
+def trained_vae():
+    train = _edges(600, 7)
+    vae, history = train_kernel_vae(train, epochs=12, show_progress=False, seed=0)
+    return vae, history
+
+
+def test_training_improves_elbo_and_lr_decays_to_zero(trained_vae):
+    _, history = trained_vae
+    assert len(history) == 12
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 20
+    assert history[0]["lr"] == pytest.approx(1e-3)
+    assert history[-1]["lr"] < 1e-3 / 12 + 1e-9
+
+
+def test_iwae_is_above_elbo_and_nondecreasing_in_k(trained_vae):
+    vae, _ = trained_vae
+    test = _edges(400, 7, seed=5)
+    gen = torch.Generator().manual_seed(0)
+    elbo = vae.elbo(test, generator=gen).detach().double()
+    iw = {kk: vae.iwae_log_prob(test, k=kk, chunk=4096, generator=gen).double()
+          for kk in (1, 10, 100)}
+
+    def gap(a, b):  # mean difference and its standard error over kernels
+        d = a - b
+        return float(d.mean()), float(d.std()) / math.sqrt(len(d))
+
+    m, se = gap(iw[1], elbo)  # the same estimator: equal in expectation
+    assert abs(m) < 4 * se + 1e-3
+    for lo, hi in [(1, 10), (10, 100)]:
+        m, se = gap(iw[hi], iw[lo])
+        assert m > -3 * se, (lo, hi, m, se)
+    m, se = gap(iw[100], elbo)
+    assert m > 3 * se, (m, se)
+
+
+def test_evaluate_prior_reports_metrics_on_one_scale(trained_vae):
+    vae, _ = trained_vae
+    train, test = _edges(300, 7, seed=1), _edges(200, 7, seed=2)
+    m = evaluate_prior(vae, train, test, iwae_ks=(1, 10), iwae_max_kernels=50)
+    assert m["iwae_kernels"] == 50 and set(m["test_iwae"]) == {"1", "10"}
+    assert set(m["test_loglik"]) == {"fitted_gaussian", "isotropic_gaussian"}
+    assert m["test_loglik"]["fitted_gaussian"] > m["test_loglik"]["isotropic_gaussian"]
+    assert all(np.isfinite(v) for v in m["test_iwae"].values())
+
+
+def test_cli_train_and_sample_prior(tmp_path, capsys):
+    train, test = _edges(300, 5), _edges(100, 5, seed=3)
+    np.save(tmp_path / "conv2.npy", train.numpy()[:, None])
+    np.save(tmp_path / "test.npy", test.numpy())
+    out = tmp_path / "prior"
+    args = ["train-prior", str(tmp_path / "conv2.npy"), "--test", str(tmp_path / "test.npy"),
+            "--out", str(out), "--epochs", "2", "--iwae-k", "1,5", "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    layer = metrics["conv2"]
+    assert set(layer["test_iwae"]) == {"1", "5"} and layer["n_test"] == 100
+    for key in ("train_elbo", "test_elbo", "test_loglik"):
+        assert layer[key] is not None
+    prior = load_prior(out / "conv2")
+    assert isinstance(prior, KernelVAE) and prior.kernel_size == 5
+    assert main(args) == 0  # resumes: the finished layer is skipped
+    assert "skipping" in capsys.readouterr().out
+    png = tmp_path / "s.png"
+    assert main(["sample-prior", str(out), "--n", "16", "--out", str(png)]) == 0
+    assert png.stat().st_size > 1000
+    assert main(["train-prior", str(tmp_path / "conv2.npy"), "--family", "mvn",
+                 "--out", str(tmp_path / "mvn"), "--test", str(tmp_path / "test.npy")]) == 0
+    mvn = json.loads((tmp_path / "mvn" / "metrics.json").read_text())["conv2"]
+    assert mvn["test_elbo"] == pytest.approx(mvn["test_loglik"]["fitted_gaussian"])
+
+
+def test_cli_rejects_bad_kernels_without_leaving_a_prior(tmp_path, capsys):
+    bad = _edges(50, 5).numpy()
+    bad[3, 2, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["train-prior", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p"),
+                 "--no-progress"]) == 2
+    assert "NaN or inf" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "bad").exists()
+    np.save(tmp_path / "k5.npy", _edges(50, 5).numpy())
+    np.save(tmp_path / "k7.npy", _edges(50, 7).numpy())
+    assert main(["train-prior", str(tmp_path / "k5.npy"), "--test", str(tmp_path / "k7.npy"),
+                 "--out", str(tmp_path / "q"), "--family", "mvn"]) == 2
+    assert "7x7" in capsys.readouterr().err
