@@ -13,7 +13,9 @@ import typer
 from dwp import __version__
 from dwp.commands import bnn as bnn_cmd
 from dwp.commands import data as data_cmd
+from dwp.commands import kernels as kernels_cmd
 from dwp.commands import priors as priors_cmd
+from dwp.commands import source as source_cmd
 from dwp.runtime import DwpError
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
 # -- registrations of further commands (one line each) ------------------------------------
 app.command("train-prior", **priors_cmd.TRAIN_COMMAND)(priors_cmd.train_prior)
 app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior)
+app.command("train-source", **source_cmd.COMMAND)(source_cmd.train_source)
+app.command("collect-kernels", **kernels_cmd.COMMAND)(kernels_cmd.collect_kernels_cmd)
 app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)
 
 

@@ -1,0 +1,282 @@
+"""Source nets: architectures, batched training == one-by-one training, resume, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from dwp import batched as batched_mod
+from dwp.batched import (
+    BatchedModel,
+    BatchedTrainer,
+    auto_chunk_size,
+    build_seeded,
+    epoch_orders,
+    evaluate_accuracy,
+    linear_decay_lr,
+)
+from dwp.commands.source import parse_widths
+from dwp.nets import CIFARNet, CIFARSourceNet, FConvMNIST, count_parameters, xavier_init_
+from dwp.runtime import DwpError
+from dwp.sourcenets import SourceConfig, load_source_model, train_source_nets
+
+
+# -- architectures -----------------------------------------------------------------------------
+def test_parameter_counts_match_the_paper():
+    assert count_parameters(FConvMNIST()) == 115_658
+    assert count_parameters(CIFARNet()) == 5_759_498
+    source = FConvMNIST((256, 512))
+    assert (source.classifier.in_features, source.classifier.out_features) == (4608, 10)
+    assert CIFARSourceNet().classifier.fc1.in_features == 512
+
+
+def test_module_names_follow_the_paper():
+    names = [n for n, _ in FConvMNIST().features.named_children()]
+    assert names == ["conv1", "relu1", "mp1", "conv2", "relu2", "mp2", "flatten"]
+    src = CIFARSourceNet(width_factor=0.05)
+    assert [n for n, _ in src.classifier.named_children()] == ["fc1", "bn1", "relu1", "linear"]
+    assert isinstance(src.features.bn4, torch.nn.BatchNorm2d)
+    assert FConvMNIST().features.relu1.negative_slope == 0.01
+
+
+def test_width_factor_scales_convs_and_keeps_one_channel():
+    assert FConvMNIST(width_factor=0.5).widths == (16, 64)
+    assert FConvMNIST(width_factor=1e-3).widths == (1, 1)
+    net = CIFARNet(width_factor=0.25)
+    assert net.widths == (32, 64, 64)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert CIFARSourceNet(width_factor=0.1)(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    with pytest.raises(DwpError):
+        FConvMNIST(widths=(8, 8, 8))
+
+
+# -- batched training equals one-by-one training ----------------------------------------------
+def _reference_train(factory, seed, x, y, epochs, batch_size, lr, l2):
+    """Plain PyTorch: one nn.Module, torch.optim.Adam, l2 on features.* in the loss."""
+    net = build_seeded(factory, seed)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for epoch in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - epoch / epochs)
+        order = epoch_orders([seed], epoch, x.shape[0])[0]
+        for start in range(0, x.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            loss = loss + l2 * sum(p.pow(2).sum() for p in net.features.parameters())
+            loss.backward()
+            opt.step()
+    return net
+
+
+def _feeds_batchnorm(net, bias_key):
+    """Whether the layer owning ``bias_key`` is directly followed by a BatchNorm layer."""
+    parts = bias_key.split(".")
+    if len(parts) < 3:
+        return False
+    parent, layer = ".".join(parts[:-2]), parts[-2]
+    children = list(net.get_submodule(parent).named_children())
+    names = [n for n, _ in children]
+    pos = names.index(layer)
+    return pos + 1 < len(children) and isinstance(
+        children[pos + 1][1], (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    )
+
+
+def _fconv_factory():
+    return xavier_init_(FConvMNIST((3, 5)))
+
+
+def _cifar_src_factory():
+    return xavier_init_(CIFARSourceNet(width_factor=0.03, num_classes=5, hidden=8))
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "classes", "chunk"),
+    [(_fconv_factory, (1, 28, 28), 10, 2), (_cifar_src_factory, (3, 32, 32), 5, None)],
+)
+def test_batched_training_equals_one_by_one(factory, shape, classes, chunk):
+    torch.manual_seed(0)
+    n_ex, batch, epochs, lr, l2 = 40, 16, 2, 3e-3, 1e-3  # 3 steps/epoch, last batch of 8
+    x = torch.rand(n_ex, *shape)
+    y = torch.randint(0, classes, (n_ex,))
+    seeds = [11, 22, 33]
+    model = BatchedModel(factory, seeds)
+    trainer = BatchedTrainer(model, lr=lr, epochs=epochs, l2=l2, chunk_size=chunk)
+    for epoch in range(epochs):
+        trainer.train_epoch(x, y, epoch, batch_size=batch)
+    for i, seed in enumerate(seeds):
+        ref_net = _reference_train(factory, seed, x, y, epochs, batch, lr, l2)
+        ref, got = ref_net.state_dict(), model.net(i).state_dict()
+        assert set(ref) == set(got)
+        # A bias right before BatchNorm has zero loss gradient in exact arithmetic; Adam turns
+        # the rounding noise into lr-sized steps, so it (and the running mean it shifts) is
+        # compared through the train-mode output, which does not depend on it.
+        noisy = {k for k in ref if k.endswith(".bias") and _feeds_batchnorm(ref_net, k)}
+        noisy |= {k.replace("conv", "bn").replace("fc1", "bn1").replace("bias", "running_mean")
+                  for k in noisy}
+        torch.testing.assert_close(model.net(i).train()(x[:8]),
+                                   copy.deepcopy(ref_net).train()(x[:8]), rtol=1e-4, atol=1e-4)
+        for key, value in ref.items():
+            if key in noisy:
+                continue
+            if value.is_floating_point():
+                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=2e-5, msg=key)
+            else:
+                assert torch.equal(got[key], value), key
+    # the nets really moved away from their different initialisations
+    assert not torch.allclose(model.net(0).state_dict()["features.conv1.weight"],
+                              build_seeded(factory, seeds[0]).features.conv1.weight)
+
+
+def test_eval_accuracy_and_shared_forward_match_single_nets():
+    torch.manual_seed(1)
+    model = BatchedModel(_cifar_src_factory, [1, 2])
+    x = torch.rand(12, 3, 32, 32)
+    y = torch.randint(0, 5, (12,))
+    shared = model(x, train=False)
+    for i in range(2):
+        net = model.net(i).eval()
+        torch.testing.assert_close(shared[i], net(x), rtol=1e-4, atol=1e-5)
+        expected = (net(x).argmax(1) == y).double().mean()
+        assert evaluate_accuracy(model, x, y, batch_size=5)[i].item() == pytest.approx(expected)
+
+
+def test_epoch_orders_are_permutations_depending_on_seed_and_epoch():
+    a = epoch_orders([1, 2], 0, 50)
+    assert sorted(a[0].tolist()) == list(range(50))
+    assert not torch.equal(a[0], a[1])
+    assert torch.equal(a, epoch_orders([1, 2], 0, 50))
+    assert not torch.equal(a, epoch_orders([1, 2], 1, 50))
+    assert linear_decay_lr(1e-3, 0, 10) == 1e-3 and linear_decay_lr(1e-3, 5, 10) == 5e-4
+
+
+def test_auto_chunk_and_oom_fallback_keep_results(monkeypatch):
+    torch.manual_seed(2)
+    x = torch.rand(4, 8, 1, 28, 28)
+    y = torch.randint(0, 10, (4, 8))
+    model = BatchedModel(_fconv_factory, [0, 1, 2, 3])
+    assert 1 <= auto_chunk_size(model, x[0]) <= 4
+    ref = BatchedModel(_fconv_factory, [0, 1, 2, 3])
+    BatchedTrainer(ref, chunk_size=None).step(x, y)
+
+    trainer = BatchedTrainer(model, chunk_size=4)
+    real = trainer._grads_for_chunks
+    calls = []
+
+    def flaky(xx, yy, chunk):
+        calls.append(chunk)
+        if chunk > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real(xx, yy, chunk)
+
+    monkeypatch.setattr(trainer, "_grads_for_chunks", flaky)
+    trainer.step(x, y)
+    assert calls == [4, 2, 1] and trainer.chunk_size == 1
+    for k in ref.params:
+        torch.testing.assert_close(model.params[k], ref.params[k], rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_state_dict_roundtrip():
+    x = torch.rand(2, 8, 1, 28, 28)
+    y = torch.randint(0, 10, (2, 8))
+    a = BatchedModel(_fconv_factory, [5, 6])
+    ta = BatchedTrainer(a, chunk_size=None)
+    ta.step(x, y)
+    b = BatchedModel(_fconv_factory, [7, 8])
+    tb = BatchedTrainer(b, chunk_size=None)
+    tb.load_state_dict(ta.state_dict())
+    ta.step(x, y)
+    tb.step(x, y)
+    for k in a.params:
+        torch.testing.assert_close(a.params[k], b.params[k])
+    with pytest.raises(DwpError):
+        BatchedModel(_fconv_factory, []).n  # noqa: B018
+
+
+def test_chunk_size_validation():
+    model = BatchedModel(_fconv_factory, [0])
+    with pytest.raises(DwpError):
+        BatchedTrainer(model, chunk_size="half")
+    with pytest.raises(DwpError):
+        BatchedTrainer(model, chunk_size=0)
+
+
+# -- the source-run command: resume, outputs, CLI -----------------------------------------------
+def _cfg(data_root, **kw):
+    base = dict(dataset="notmnist", widths=[3, 4], nets=2, epochs=3, batch_size=50,
+                train_examples=100, data_root=str(data_root), device="cpu", progress=False,
+                chunk_size="1")
+    base.update(kw)
+    return SourceConfig(**base)
+
+
+def test_resume_after_interrupted_epoch_equals_uninterrupted(tmp_path, data_root):
+    full = train_source_nets(_cfg(data_root), tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_source_nets(_cfg(data_root), tmp_path / "resumed", on_step=crash)
+    assert (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "resumed" / "nets.json").exists()
+    resumed = train_source_nets(_cfg(data_root), tmp_path / "resumed")
+
+    a = load_file(str(tmp_path / "full" / "nets.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "nets.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert resumed["heldout_acc"] == pytest.approx(full["heldout_acc"])
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert not (tmp_path / "resumed" / "checkpoint.safetensors").exists()
+    meta = json.loads((tmp_path / "full" / "nets.json").read_text())
+    assert len(meta["heldout_acc"]) == 2 and meta["widths"] == [3, 4]
+    model = load_source_model(tmp_path / "full")
+    assert model.n == 2 and model.params["features.conv1.weight"].shape == (2, 3, 1, 7, 7)
+    # a finished run is not retrained; a different config is refused
+    assert train_source_nets(_cfg(data_root), tmp_path / "full") == full
+    with pytest.raises(DwpError, match="different config"):
+        train_source_nets(_cfg(data_root, l2=0.5), tmp_path / "full")
+
+
+def test_cli_train_source_takes_widths_as_several_values(tmp_path, data_root, capsys):
+    from dwp.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train-source", "--widths", "2", "3", "--nets", "2", "--epochs", "1",
+                 "--train-examples", "50", "--batch-size", "25", "--data-root", str(data_root),
+                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert code == 0
+    assert json.loads((out / "nets.json").read_text())["widths"] == [2, 3]
+    assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_parse_widths_and_bad_config():
+    assert parse_widths("256", ["512"]) == [256, 512]
+    assert parse_widths("256,512", []) == [256, 512]
+    assert parse_widths(None, []) is None
+    with pytest.raises(DwpError):
+        parse_widths("a", [])
+    with pytest.raises(DwpError):
+        parse_widths(None, ["stray"])
+    with pytest.raises(DwpError, match="unknown source dataset"):
+        SourceConfig(dataset="svhn").resolved()
+    with pytest.raises(DwpError, match="chunk-size"):
+        SourceConfig(chunk_size="many").resolved()
+
+
+def test_module_docs_name_the_l2_convention():
+    assert "added to the loss" in batched_mod.__doc__
