@@ -110,3 +110,31 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     assert main(args) == 0  # rerun: done, nothing retrained
     assert main(["train-bnn", "--out", str(tmp_path / "b"), "--prior", "dwp",
                  "--data-root", str(data_root)]) == 2  # no --prior-dir
+
+
+def test_summary_table_and_plot(tmp_path):
+    from dwp.bnn import plot_accuracy, summary_table
+
+    rows = [{"method": "dwp", "n": 50, "seed": s, "accuracy": a} for s, a in [(0, .8), (1, .7)]]
+    rows += [{"method": "standard-normal", "n": 50, "seed": 0, "accuracy": 0.6}]
+    table = summary_table(rows)
+    assert "| dwp | 0.750 ± 0.071 (2) (paper 0.800) |" in table
+    assert "| standard-normal | 0.600 ± 0.000 (1) (paper 0.717) |" in table
+    plot_accuracy(rows, tmp_path / "acc.png")
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
+def test_experiment_classification_resumes(tmp_path, data_root):
+    from dwp.cli import main
+    from dwp.runtime import read_jsonl
+
+    base = ["experiment", "classification", "--out", str(tmp_path), "--sizes", "20",
+            "--steps", "2", "--ensemble", "1", "--test-examples", "100", "--device", "cpu",
+            "--data-root", str(data_root), "--no-progress", "--note", "test"]
+    assert main([*base, "--methods", "sn", "--seeds", "0"]) == 0
+    assert main([*base, "--methods", "sn,det", "--seeds", "0"]) == 0
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    keys = sorted((r["method"], r["seed"]) for r in rows)
+    assert keys == [("deterministic", 0), ("standard-normal", 0)]  # sn/0 was not repeated
+    assert all(r["note"] == "test" and r["test_examples"] == 100 for r in rows)
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()

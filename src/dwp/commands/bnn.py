@@ -103,3 +103,128 @@ def train_bnn(
     atomic_write_json(metrics_path, rec)
     brief = {k: rec[k] for k in ("method", "n", "seed", "accuracy", "nll", "ece", "seconds")}
     typer.echo(json.dumps(brief))
+
+
+EXPERIMENT_COMMAND = {
+    "help": "The classification grid (paper Fig. 2/5): sizes x methods x seeds of train-bnn, "
+    "resumable; writes results.jsonl, summary.md and accuracy.png.",
+}
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        if "-" in text and "," not in text:
+            a, b = (int(v) for v in text.split("-"))
+            return list(range(a, b + 1))
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise DwpError(
+            f"{what}: expected integers like 50,100 or a range 0-9, got {text!r}"
+        ) from exc
+
+
+def experiment_classification(
+    out: Path = typer.Option(..., "--out", "-o", help="Experiment folder (rerun to resume)."),
+    sizes: str = typer.Option("50,100,200,500,1000", "--sizes", help="Training-set sizes N."),
+    methods: str = typer.Option(
+        "dwp,standard-normal,log-uniform,fitted-gaussian,deterministic", "--methods",
+        help="Comma-separated: dwp, standard-normal (sn), log-uniform (lu), fitted-gaussian "
+        "(mvn), deterministic.",
+    ),
+    seeds: str = typer.Option("0-9", "--seeds", help="Data-subset seeds: '0-9' or '0,1,2'."),
+    steps: int = typer.Option(10000, "--steps", help="Steps per run (full batch: epochs)."),
+    prior_dir: Path | None = typer.Option(
+        None, "--prior-dir", help="Per-layer VAE priors (for dwp)."
+    ),
+    mvn_prior_dir: Path | None = typer.Option(
+        None, "--mvn-prior-dir", help="Per-layer fitted-Gaussian priors (for fitted-gaussian)."
+    ),
+    kernels: Path | None = typer.Option(
+        None, "--kernels", help="Kernel set to fit the fitted-Gaussian priors on."
+    ),
+    kernel_subsample: int | None = typer.Option(
+        None, "--kernel-subsample", help="Unbiased KL estimate from this many kernels per layer."
+    ),
+    freeze_reverse: bool = typer.Option(
+        False, "--freeze-reverse/--train-reverse", help="Freeze r(z|w) (the paper's code)."
+    ),
+    ensemble: int = typer.Option(10, "--ensemble", help="Weight samples in the test ensemble."),
+    note: str = typer.Option("", "--note", help="A note stored with every result row."),
+    test_examples: int | None = typer.Option(
+        None, "--test-examples",
+        help="Evaluate on the first K MNIST test images only (quick checks; default: all 10,000).",
+    ),
+    device: str = Device,
+    data_root: Path | None = DataRoot,
+    download: bool = Download,
+    show_progress: bool = Progress,
+) -> None:
+    """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
+    from dwp.bnn import (
+        canonical_method,
+        plot_accuracy,
+        resolve_priors,
+        run_classification,
+        summary_table,
+    )
+    from dwp.data import load_dataset
+    from dwp.runtime import (
+        append_jsonl,
+        atomic_write_text,
+        prepare_run_dir,
+        progress,
+        read_jsonl,
+        select_device,
+    )
+
+    method_list = [canonical_method(m.strip()) for m in methods.split(",") if m.strip()]
+    size_list, seed_list = _int_list(sizes, "--sizes"), _int_list(seeds, "--seeds")
+    if not method_list or not size_list or not seed_list:
+        raise DwpError("--methods, --sizes and --seeds must each name at least one value")
+    dev = select_device(device)
+    out = as_path(out)
+    config = {
+        "sizes": size_list, "methods": method_list, "steps": steps,
+        "prior_dir": str(prior_dir) if prior_dir else None,
+        "mvn_prior_dir": str(mvn_prior_dir) if mvn_prior_dir else None,
+        "kernels": str(kernels) if kernels else None, "kernel_subsample": kernel_subsample,
+        "freeze_reverse": freeze_reverse, "ensemble": ensemble, "device": str(dev),
+        "test_examples": test_examples,
+        "data_root": str(data_root) if data_root else None, "download": download,
+    }
+    priors = {}
+    for m in method_list:
+        pdir = prior_dir if m == "dwp" else mvn_prior_dir if m == "fitted-gaussian" else None
+        priors[m] = resolve_priors(m, as_path(pdir), as_path(kernels), map_location=dev)
+    train = load_dataset("mnist", "train", as_path(data_root), download)
+    test = load_dataset("mnist", "test", as_path(data_root), download)
+    if test_examples is not None:
+        import torch
+
+        test = test.subset(torch.arange(min(test_examples, len(test))))
+    # the grid may grow between reruns (sizes, methods, seeds); everything else must match
+    fixed = {k: v for k, v in config.items() if k not in ("sizes", "methods")}
+    prepare_run_dir(out, "experiment classification", fixed)
+    results = out / "results.jsonl"
+    done = {(r["method"], r["n"], r["seed"]) for r in read_jsonl(results)}
+    todo = [(m, n, s) for n in size_list for m in method_list for s in seed_list
+            if (m, n, s) not in done]
+    typer.echo(f"{len(done)} runs done, {len(todo)} to go -> {results}", err=True)
+    for m, n, s in progress(todo, desc="grid", enabled=show_progress):
+        rec = run_classification(
+            m, n, s, train_data=train, test_data=test, steps=steps, priors=priors[m],
+            device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
+            ensemble=ensemble,
+        )
+        rec.pop("layers", None)
+        rec.pop("validation", None)
+        if note:
+            rec["note"] = note
+        if test_examples is not None:
+            rec["test_examples"] = len(test)
+        append_jsonl(results, rec)
+    rows = [r for r in read_jsonl(results) if r["method"] in method_list]
+    table = summary_table(rows)
+    atomic_write_text(out / "summary.md", table + "\n")
+    plot_accuracy(rows, out / "accuracy.png")
+    typer.echo(table)
