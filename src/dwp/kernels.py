@@ -163,8 +163,7 @@ def save_kernel_grid(
     vmax = float(shown.abs().max()) or 1.0
     nrow = int(np.ceil(np.sqrt(shown.shape[0])))
     grid = make_grid(shown.unsqueeze(1), nrow=nrow, padding=1, pad_value=float("nan"))[0]
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.6")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
     fig, ax = plt.subplots(figsize=(6, 5.4))
     im = ax.imshow(grid.numpy(), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
