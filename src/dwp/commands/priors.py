@@ -203,8 +203,8 @@ def sample_prior(
             p.check_kernels(real, "real kernels")
             idx = torch.randperm(real.shape[0], generator=gen)[:n]
             shown = real[idx]
-        samples = sample_for_plot(p, n, seed).cpu()
-        plot_samples(samples, shown, target, title=f"{name}: {p.family} prior")
+        samples, means = sample_for_plot(p, n, seed)
+        plot_samples(samples, shown, target, title=f"{name}: {p.family} prior", means=means)
         typer.echo(f"wrote {target}")
         if getattr(p, "z_dim", None) == 2 and real is not None:
             lat = target.with_name(f"{target.stem}-latent.png")

@@ -54,7 +54,7 @@ def train_kernel_vae(
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
     history: list[dict[str, float]] = []
     bar = progress(range(epochs), desc=desc, enabled=show_progress, unit="epoch")

@@ -37,22 +37,33 @@ def _scale(real: torch.Tensor | None, samples: torch.Tensor) -> float:
 
 
 def plot_samples(
-    samples: torch.Tensor, real: torch.Tensor | None, out: str | Path, title: str = ""
+    samples: torch.Tensor,
+    real: torch.Tensor | None,
+    out: str | Path,
+    title: str = "",
+    means: torch.Tensor | None = None,
 ) -> Path:
-    """Save a PNG of sampled kernels (n, k, k) beside real ones, on one shared grey scale."""
+    """Save a PNG of sampled kernels (n, k, k) beside real ones, on one shared grey scale.
+
+    ``means`` (optional, VAE): the decoder means E[w|z] of the same z's, shown in between.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     vmax = _scale(real, samples)
-    ncols = 1 if real is None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 5.3), squeeze=False)
-    _show(axes[0, 0], kernel_grid(samples), vmax, f"samples from the prior ({samples.shape[0]})")
+    panels = [(samples, f"samples w ~ p(w) ({samples.shape[0]})")]
+    if means is not None:
+        panels.append((means, "decoder means E[w|z], same z"))
     if real is not None:
-        _show(axes[0, 1], kernel_grid(real), vmax, f"real kernels ({real.shape[0]})")
+        panels.append((real, f"real kernels ({real.shape[0]})"))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5 * len(panels), 5.6), squeeze=False, layout="constrained"
+    )
+    for ax, (w, name) in zip(axes[0], panels, strict=True):
+        _show(ax, kernel_grid(w), vmax, name)
     fig.suptitle(f"{title}  (grey scale: ±{vmax:.3g})")
-    fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
@@ -83,7 +94,7 @@ def plot_latent(
     lin = torch.linspace(-span, span, grid, device=dev)
     z2, z1 = torch.meshgrid(lin.flip(0), lin, indexing="ij")  # rows: z_2 from top (high) down
     decoded, _ = vae.decode(torch.stack([z1.flatten(), z2.flatten()], 1))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.3))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), layout="constrained")
     sc = axes[0].scatter(*mu_z.cpu().T.numpy(), c=norms.cpu().numpy(), s=3, cmap="viridis")
     fig.colorbar(sc, ax=axes[0], label="kernel L2 norm")
     axes[0].set_xlabel("$z_1$ (mean of r(z|w))")
@@ -94,17 +105,22 @@ def plot_latent(
     _show(axes[1], kernel_grid(decoded, nrow=grid), vmax,
           f"decoder means over z in [-{span}, {span}]²")
     fig.suptitle(title)
-    fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(out)
 
 
-def sample_for_plot(prior: KernelPrior, n: int, seed: int) -> torch.Tensor:
-    """n kernels from ``prior`` with a seeded generator on the prior's device."""
+def sample_for_plot(
+    prior: KernelPrior, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n kernels from ``prior``, their decoder means for a VAE else None), seeded, on CPU."""
     dev = next(iter(prior.buffers()), None)
     dev = dev.device if dev is not None else next(prior.parameters(), torch.empty(0)).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
-        return prior.sample(n, generator=gen)
+        samples = prior.sample(n, generator=torch.Generator(device=dev).manual_seed(seed))
+        means = None
+        if isinstance(prior, KernelVAE):
+            gen = torch.Generator(device=dev).manual_seed(seed)  # the same z's
+            means = prior.sample(n, generator=gen, noise=False).cpu()
+    return samples.cpu(), means
