@@ -13,6 +13,7 @@ import typer
 from dwp import __version__
 from dwp.commands import bnn as bnn_cmd
 from dwp.commands import data as data_cmd
+from dwp.commands import experiment as experiment_cmd
 from dwp.commands import kernels as kernels_cmd
 from dwp.commands import priors as priors_cmd
 from dwp.commands import source as source_cmd
@@ -50,6 +51,10 @@ app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior
 app.command("train-source", **source_cmd.COMMAND)(source_cmd.train_source)
 app.command("collect-kernels", **kernels_cmd.COMMAND)(kernels_cmd.collect_kernels_cmd)
 app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)
+app.add_typer(experiment_cmd.app, name="experiment")
+experiment_cmd.app.command("classification", **bnn_cmd.EXPERIMENT_COMMAND)(
+    bnn_cmd.experiment_classification
+)
 
 
 def main(argv: list[str] | None = None) -> int:

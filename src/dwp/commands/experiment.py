@@ -1,0 +1,150 @@
+"""``dwp experiment ...``: the paper's experiments, one sub-command each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dwp.commands.options import DataRoot, Device, Download, Progress, as_path
+from dwp.runtime import DwpError
+
+app = typer.Typer(
+    help="Reproduce the paper's experiments (results JSONL, summaries and figures per run).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+PriorDir = typer.Option(
+    None, "--prior-dir", help="Folder of per-layer priors (dwp train-prior output), for 'dwp'."
+)
+Kernels = typer.Option(
+    None, "--kernels", help="Kernel-set folder or kernel file (dwp collect-kernels), for 'filters'."
+)
+Methods = typer.Option(
+    "dwp,filters,xavier", "--methods", help="Comma-separated initialisations to compare."
+)
+Quick = typer.Option(False, "--quick", help="A small configuration that runs in minutes on CPU.")
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    items = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not items:
+        raise DwpError("--methods is empty: give e.g. --methods dwp,filters,xavier")
+    return items
+
+
+def _mnist(data_root: Path | None, download: bool, n_train, n_test, seed: int):
+    from dwp.data import class_balanced_subset, load_dataset
+
+    train = load_dataset("mnist", "train", as_path(data_root), download)
+    test = load_dataset("mnist", "test", as_path(data_root), download)
+    if n_train is not None and n_train < len(train):
+        train = train.subset(class_balanced_subset(train.labels, n_train, seed))
+    if n_test is not None and n_test < len(test):
+        test = test.subset(class_balanced_subset(test.labels, n_test, seed))
+    return train, test
+
+
+@app.command("features")
+def features(
+    out: Path = typer.Option(Path("runs/experiment-features"), "--out", "-o",
+                             help="Run folder (created; rerun to resume)."),
+    prior_dir: Path | None = PriorDir,
+    kernels: Path | None = Kernels,
+    methods: str = Methods,
+    seeds: int | None = typer.Option(None, "--seeds", help="Nets per cell [10; quick 3]."),
+    train_examples: int | None = typer.Option(
+        None, "--train-examples", help="Class-balanced MNIST training subset [all; quick 10000]."
+    ),
+    test_examples: int | None = typer.Option(
+        None, "--test-examples", help="Class-balanced MNIST test subset [all; quick 2000]."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Head training epochs [10; quick 5]."),
+    seed: int = typer.Option(0, "--seed", help="Base seed."),
+    quick: bool = Quick,
+    data_root: Path | None = DataRoot,
+    download: bool = Download,
+    device: str = Device,
+    show_progress: bool = Progress,
+) -> None:
+    """Random-feature extraction (Fig. 3): frozen dwp/filters/xavier conv layers of MNIST nets
+    with widths scaled by k in {1/16 .. 1}, only the linear classifier trained; mean +- std test
+    accuracy over seeds vs k."""
+    from dwp.experiments.common import load_sources
+    from dwp.experiments.features import FeaturesConfig, run_features
+    from dwp.runtime import prepare_run_dir, select_device
+
+    cfg = FeaturesConfig(methods=_methods(methods), seed=seed)
+    if quick:
+        cfg.seeds, cfg.train_examples, cfg.test_examples, cfg.epochs = 3, 10000, 2000, 5
+    for name, value in (("seeds", seeds), ("train_examples", train_examples),
+                        ("test_examples", test_examples), ("epochs", epochs)):
+        if value is not None:
+            if value < 1:
+                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            setattr(cfg, name, value)
+    dev = select_device(device)
+    sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
+    train, test = _mnist(data_root, download, cfg.train_examples, cfg.test_examples, seed)
+    config = {**cfg.to_dict(), "prior_dir": str(prior_dir), "kernels": str(kernels),
+              "device": str(dev), "data_root": str(data_root)}
+    out = prepare_run_dir(as_path(out), "experiment features", config)
+    run_features(cfg, sources, train, test, out, dev, show_progress)
+    typer.echo(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.json'}; "
+               f"figure: {out / 'features.png'}")
+
+
+@app.command("convergence")
+def convergence(
+    out: Path = typer.Option(Path("runs/experiment-convergence"), "--out", "-o",
+                             help="Run folder (created; rerun to resume)."),
+    prior_dir: Path | None = PriorDir,
+    kernels: Path | None = Kernels,
+    methods: str = Methods,
+    models: str = typer.Option("fconv,vae", "--models",
+                               help="Comma-separated: fconv (classifier), vae (conv VAE)."),
+    seeds: int | None = typer.Option(None, "--seeds", help="Nets per method [5; quick 3]."),
+    steps: int | None = typer.Option(None, "--steps", help="Classifier steps [1000; quick 150]."),
+    vae_steps: int | None = typer.Option(None, "--vae-steps",
+                                         help="VAE steps [1000; quick 200]."),
+    test_examples: int | None = typer.Option(
+        None, "--test-examples", help="Class-balanced MNIST test subset [all; quick 500]."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Base seed."),
+    quick: bool = Quick,
+    data_root: Path | None = DataRoot,
+    download: bool = Download,
+    device: str = Device,
+    show_progress: bool = Progress,
+) -> None:
+    """Convergence (Fig. 4, Fig. 7): test accuracy of the MNIST classifier and test ELBO of the
+    conv VAE vs optimisation step from dwp/filters/xavier initial kernels, plus VAE samples
+    after 100..500 steps."""
+    from dwp.experiments.common import load_sources
+    from dwp.experiments.convergence import MODELS, ConvergenceConfig, run_convergence
+    from dwp.runtime import prepare_run_dir, select_device
+
+    model_list = tuple(m.strip() for m in models.split(",") if m.strip())
+    bad = [m for m in model_list if m not in MODELS]
+    if bad or not model_list:
+        raise DwpError(f"--models: unknown {bad or 'empty'}; choose from {', '.join(MODELS)}")
+    cfg = ConvergenceConfig(models=model_list, methods=_methods(methods), seed=seed)
+    if quick:
+        cfg.seeds, cfg.steps, cfg.vae_steps, cfg.test_examples = 3, 150, 200, 500
+        cfg.batch_size, cfg.eval_every, cfg.vae_eval_every = 32, 15, 25
+    for name, value in (("seeds", seeds), ("steps", steps), ("vae_steps", vae_steps),
+                        ("test_examples", test_examples)):
+        if value is not None:
+            if value < 1:
+                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            setattr(cfg, name, value)
+    dev = select_device(device)
+    sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
+    train, test = _mnist(data_root, download, None, cfg.test_examples, seed)
+    config = {**cfg.to_dict(), "prior_dir": str(prior_dir), "kernels": str(kernels),
+              "device": str(dev), "data_root": str(data_root)}
+    out = prepare_run_dir(as_path(out), "experiment convergence", config)
+    run_convergence(cfg, sources, train, test, out, dev, show_progress)
+    typer.echo(f"results: {out / 'results.jsonl'}; figures: {out / 'convergence.png'}, "
+               f"{out / 'vae_samples.png'}")
