@@ -68,9 +68,12 @@ def features(
     device: str = Device,
     show_progress: bool = Progress,
 ) -> None:
-    """Random-feature extraction (Fig. 3): frozen dwp/filters/xavier conv layers of MNIST nets
-    with widths scaled by k in {1/16 .. 1}, only the linear classifier trained; mean +- std test
-    accuracy over seeds vs k."""
+    """Random-feature extraction (paper Fig. 3) on MNIST.
+
+    Conv layers of FConvMNIST nets with widths scaled by k in {1/16 .. 1} get dwp / filters /
+    xavier kernels and stay frozen; only the linear classifier is trained. Writes mean +- std
+    test accuracy over seeds vs k (results.jsonl, summary.json, features.png).
+    """
     from dwp.experiments.common import load_sources
     from dwp.experiments.features import FeaturesConfig, run_features
     from dwp.runtime import prepare_run_dir, select_device
@@ -118,9 +121,12 @@ def convergence(
     device: str = Device,
     show_progress: bool = Progress,
 ) -> None:
-    """Convergence (Fig. 4, Fig. 7): test accuracy of the MNIST classifier and test ELBO of the
-    conv VAE vs optimisation step from dwp/filters/xavier initial kernels, plus VAE samples
-    after 100..500 steps."""
+    """Convergence from dwp / filters / xavier kernels (paper Fig. 4, Fig. 7) on MNIST.
+
+    Test accuracy of the classifier and test ELBO of the conv VAE vs optimisation step
+    (results.jsonl, summary.json, convergence.png) and VAE samples after 100..500 steps
+    (vae_samples.png).
+    """
     from dwp.experiments.common import load_sources
     from dwp.experiments.convergence import MODELS, ConvergenceConfig, run_convergence
     from dwp.runtime import prepare_run_dir, select_device

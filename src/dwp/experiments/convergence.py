@@ -255,8 +255,7 @@ def plot_convergence(summary: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("optimisation step")
         ax.set_ylabel("accuracy, %" if key == "test_acc" else "ELBO per image, nats")
         if key == "test_acc":
-            lo = min(100 * r["mean"] for r in rows if r["step"] >= max(
-                1, max(q["step"] for q in rows) // 10))
+            lo = min((100 * r["mean"] for r in rows if r["step"] > 0), default=0.0)
             ax.set_ylim(max(0.0, lo - 5), 100)
         else:
             lo = min(r["mean"] for r in rows if r["step"] >= max(q["step"] for q in rows) // 10)
