@@ -56,6 +56,10 @@ def train_bnn(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Mini-batch size (default: full batch for N <= 1000)."
     ),
+    test_examples: int | None = typer.Option(
+        None, "--test-examples",
+        help="Evaluate on the first K MNIST test images only (quick checks; default: all 10,000).",
+    ),
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -82,13 +86,17 @@ def train_bnn(
         "kernels": str(kernels) if kernels else None, "n": n, "seed": seed, "steps": steps,
         "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse, "init": init,
         "log_sigma2_init": log_sigma2_init, "ensemble": ensemble, "lr": lr,
-        "batch_size": batch_size, "device": str(dev),
+        "batch_size": batch_size, "device": str(dev), "test_examples": test_examples,
         "data_root": str(data_root) if data_root else None, "download": download,
     }
     metrics_path = out / "metrics.json"
     priors = resolve_priors(method, as_path(prior_dir), as_path(kernels), map_location=dev)
     train = load_dataset("mnist", "train", as_path(data_root), download)
     test = load_dataset("mnist", "test", as_path(data_root), download)
+    if test_examples is not None:
+        import torch
+
+        test = test.subset(torch.arange(min(test_examples, len(test))))
     prepare_run_dir(out, "train-bnn", config)
     if metrics_path.exists():
         typer.echo(f"{metrics_path} exists (this run is done):")
@@ -100,6 +108,7 @@ def train_bnn(
         log_sigma2_init=log_sigma2_init, ensemble=ensemble, lr=lr, batch_size=batch_size,
         show_progress=show_progress,
     )
+    rec["test_examples"] = len(test)
     atomic_write_json(metrics_path, rec)
     brief = {k: rec[k] for k in ("method", "n", "seed", "accuracy", "nll", "ece", "seconds")}
     typer.echo(json.dumps(brief))

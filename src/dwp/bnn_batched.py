@@ -1,0 +1,113 @@
+"""Train many Bayesian nets of one architecture and one prior family at once (torch.func vmap).
+
+The models (e.g. one per data-subset seed) are stacked with ``torch.func.stack_module_state``;
+one vmapped ``functional_call`` computes every net's negative ELBO (data term + KL or auxiliary
+bound), the loss is the *sum* over nets, so each net's stacked parameters receive exactly its own
+gradient, and Adam (element-wise) makes exactly the per-net updates. With deterministic forward
+passes (``sampling(model, "mean")``) and closed-form KLs the result equals training each net
+alone up to float rounding (``tests/test_bnn_batched.py``); with sampling, each net draws its own
+noise (``randomness="different"``), so the random streams differ from single runs.
+
+Kernel subsampling is not supported here (use it in :func:`dwp.bnn.train_bnn`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from dwp.bayes import bayes_layers, elbo_loss, kl
+from dwp.bnn import resolve_batch_size
+from dwp.runtime import DwpError, progress
+
+
+class _NegElbo(nn.Module):
+    """Wraps a model so that one ``functional_call`` gives its negative ELBO estimate."""
+
+    def __init__(self, model: nn.Module, n_train: int) -> None:
+        super().__init__()
+        self.model = model
+        self.n_train = n_train
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return elbo_loss(self.model(x), y, kl(self.model), self.n_train)
+
+
+def train_bnn_batched(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    randomness: str = "different",
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``models`` (same architecture, priors and modes) together; results written back.
+
+    ``images`` (M, N, C, H, W) and ``labels`` (M, N) give each of the M nets its own data (or
+    (N, C, H, W) / (N,) shared). Adam, lr linearly decayed to 0 over ``steps``; full batch for
+    N <= 1000, else mini-batches with one shared index order. Returns
+    ``{"loss": (M,) final losses, "steps", "seconds"}``.
+    """
+    m = len(models)
+    if m == 0:
+        raise DwpError("train_bnn_batched needs at least one model")
+    if not bayes_layers(models[0]):
+        raise DwpError("the models have no variational layers: use dwp.bayes.bayesianize first")
+    device = next(models[0].parameters()).device
+    shared = images.ndim == 4
+    n = images.shape[0] if shared else images.shape[1]
+    if not shared and (images.shape[0] != m or labels.shape[:2] != (m, n)):
+        raise DwpError(f"per-net data must be (M={m}, N, ...), got {tuple(images.shape)}")
+    x, y = images.to(device), labels.to(device)
+    bs = resolve_batch_size(n, batch_size)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    wrappers = [_NegElbo(mod, n) for mod in models]
+    params, buffers = stack_module_state(wrappers)
+    trainable = {k: v for k, v in params.items() if v.requires_grad}
+    frozen = {k: v.detach() for k, v in params.items() if not v.requires_grad}
+    base = copy.deepcopy(wrappers[0])
+
+    def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, ({**p, **b}), (xb, yb))
+
+    in_x = None if shared else 0
+    f = vmap(one, in_dims=(0, 0, in_x, in_x), randomness=randomness)
+    opt = torch.optim.Adam(list(trainable.values()), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
+    perm, pos = torch.randperm(n, generator=g), 0
+    t0 = time.perf_counter()
+    losses = torch.zeros(m)
+    for _ in progress(range(steps), desc=f"train-bnn x{m}", enabled=show_progress):
+        if bs >= n:
+            idx = torch.arange(n)
+        else:
+            if pos + bs > n:
+                perm, pos = torch.randperm(n, generator=g), 0
+            idx, pos = perm[pos : pos + bs], pos + bs
+        idx = idx.to(device)
+        xb = x[idx] if shared else x[:, idx]
+        yb = y[idx] if shared else y[:, idx]
+        opt.zero_grad(set_to_none=True)
+        per_net = f({**trainable, **frozen}, buffers, xb, yb)
+        if not torch.isfinite(per_net).all():
+            raise DwpError("a loss became non-finite in batched training: lower the lr")
+        per_net.sum().backward()
+        opt.step()
+        sched.step()
+        losses = per_net.detach().cpu()
+    with torch.no_grad():
+        for i, w in enumerate(wrappers):
+            state = {k: v[i] for k, v in {**trainable, **frozen, **buffers}.items()}
+            w.load_state_dict(state, strict=True)
+    return {"loss": losses.tolist(), "steps": steps, "seconds": time.perf_counter() - t0}

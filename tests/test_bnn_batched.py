@@ -1,0 +1,68 @@
+"""Many Bayesian nets trained together equal the same nets trained one by one."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dwp.bayes import BayesConv2d, BayesLinear, sampling
+from dwp.bnn import train_bnn
+from dwp.bnn_batched import train_bnn_batched
+from dwp.priors.gaussian import StandardNormal
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP stalls when the CI cores are oversubscribed."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+
+def _net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    prior = StandardNormal()
+    return nn.Sequential(
+        BayesConv2d(1, 3, 3, prior=prior, log_sigma2_init=-4.0), nn.LeakyReLU(0.01),
+        nn.MaxPool2d(2), nn.Flatten(), BayesLinear(3 * 3 * 3, 4, prior=prior), nn.Linear(4, 3),
+    )
+
+
+def test_batched_equals_alone_in_deterministic_mode():
+    torch.manual_seed(0)
+    m, n = 3, 12
+    x = torch.randn(m, n, 1, 8, 8)
+    y = torch.randint(0, 3, (m, n))
+    alone = [_net(s) for s in range(m)]
+    together = [copy.deepcopy(a) for a in alone]
+    start = copy.deepcopy(alone[0][0].weight_mu)
+    assert not torch.equal(alone[0][0].weight_mu, alone[1][0].weight_mu)
+    for i, net in enumerate(alone):
+        with sampling(net, "mean"):
+            train_bnn(net, x[i], y[i], steps=10, lr=3e-2)
+    for net in together:
+        net[0].mode = net[4].mode = "mean"
+    train_bnn_batched(together, x, y, steps=10, lr=3e-2)
+    assert (alone[0][0].weight_mu - start).abs().max() > 0.05  # training moved the weights
+    for a, b in zip(alone, together, strict=True):
+        for (ka, pa), (kb, pb) in zip(a.state_dict().items(), b.state_dict().items(),
+                                      strict=True):
+            assert ka == kb
+            assert torch.allclose(pa, pb, atol=2e-5, rtol=1e-4), ka
+
+
+def test_batched_sampling_mode_trains():
+    torch.manual_seed(1)
+    x, y = torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))
+    nets = [_net(s) for s in range(4)]
+    first = train_bnn_batched(nets, x, y, steps=1, lr=1e-2)
+    last = train_bnn_batched(nets, x, y, steps=30, lr=3e-2)
+    assert all(math.isfinite(v) for v in last["loss"])
+    assert sum(last["loss"]) < sum(first["loss"])
+    assert not torch.equal(nets[0][0].weight_mu, nets[1][0].weight_mu)
