@@ -72,6 +72,10 @@ def train_prior(
     iwae_max_kernels: int = typer.Option(
         2000, help="IWAE on at most this many random test kernels (0: all)."
     ),
+    max_train_kernels: int = typer.Option(
+        0, help="Fit on at most this many training kernels, a seeded random subset (0: all). "
+        "For CPU runs on large 5x5 sets.",
+    ),
     seed: int = typer.Option(0, help="Random seed (initialisation, batches, estimates)."),
     device: str = Device,
     show_progress: bool = Progress,
@@ -95,6 +99,7 @@ def train_prior(
         "kernels": str(kernels), "test": None if test is None else str(test), "family": family,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "z_dim": z_dim, "hidden": hidden,
         "arch": arch, "iwae_k": list(ks), "iwae_max_kernels": iwae_max_kernels, "seed": seed,
+        "max_train_kernels": max_train_kernels,
         "device": str(dev),
     }
     prepare_run_dir(out, "train-prior", config)
@@ -108,6 +113,10 @@ def train_prior(
             continue
         data = load_kernel_file(path)
         train = data["train"]
+        if max_train_kernels and train.shape[0] > max_train_kernels:
+            g = torch.Generator().manual_seed(seed)
+            keep = torch.randperm(train.shape[0], generator=g)[:max_train_kernels]
+            train = train[keep.sort().values]
         test_w, test_src = data.get("test"), str(path) + "[test]"
         if name in test_files:
             td = load_kernel_file(test_files[name])
