@@ -242,6 +242,8 @@ def train_source_nets(
             bar.update(1)
             acc = evaluate_accuracy(model, x_te, y_te).tolist()
             last_acc = sum(acc) / len(acc)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
+                            chunk=trainer.chunk_size)
             row = {
                 "epoch": epoch + 1, "lr": stats["lr"], "loss": stats["loss"],
                 "train_acc": stats["train_acc"], "heldout_acc": acc,

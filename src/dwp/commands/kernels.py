@@ -9,7 +9,7 @@ import typer
 from dwp.commands.options import as_path
 from dwp.kernels import DEFAULT_CAP, DEFAULT_TEST_FRACTION, DEFAULT_THRESHOLD, collect_kernels
 
-COMMAND = {"help": "Gather the conv kernels of a source run into per-layer kernel sets."}
+COMMAND = {"short_help": "Gather the conv kernels of a source run into per-layer kernel sets."}
 
 
 def collect_kernels_cmd(

@@ -13,7 +13,7 @@ from dwp.sourcenets import DATASET_DEFAULTS, SourceConfig, train_source_nets
 # Registration settings: extra arguments are allowed so ``--widths 256 512`` works (click
 # options take one value; the further widths arrive as extra arguments, see parse_widths).
 COMMAND = {
-    "help": "Train many source nets at once (the kernels priors are learned from).",
+    "short_help": "Train many source nets at once (the kernels priors are learned from).",
     "context_settings": {"allow_extra_args": True, "ignore_unknown_options": False},
 }
 

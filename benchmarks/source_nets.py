@@ -1,0 +1,146 @@
+"""Benchmark: source nets trained together (batched) vs one at a time, with the same code.
+
+Both modes train exactly the same nets (same seeds, same data orders, same optimiser), so their
+held-out accuracies agree up to float rounding; only the wall time and memory differ. Each mode
+runs in its own subprocess so peak memory is measured cleanly (CUDA: max allocated; CPU: peak
+RSS of the process).
+
+Examples
+--------
+CPU, small (BENCHMARKS.md "Source nets")::
+
+    python benchmarks/source_nets.py --nets 4 --widths 32 64 --epochs 1 \
+        --train-examples 2000 --device cpu --out benchmarks/results/source_nets_cpu.json
+
+H100 acceptance rows (paper config: 256/512, 100 epochs)::
+
+    python benchmarks/source_nets.py --nets 10 --widths 256 512 --epochs 100 --modes batched
+    python benchmarks/source_nets.py --nets 100 --widths 256 512 --epochs 100 --modes batched
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def run_mode(args: argparse.Namespace) -> dict:
+    """Train in one mode inside this process; return timings, memory and accuracies."""
+    from dwp.batched import BatchedModel, BatchedTrainer, evaluate_accuracy
+    from dwp.data import class_balanced_subset, load_dataset
+    from dwp.runtime import select_device
+    from dwp.sourcenets import SourceConfig, net_factory
+
+    device = select_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = load_dataset("notmnist", "train", root=args.data_root)
+    test = load_dataset("notmnist", "test", root=args.data_root)
+    if args.train_examples:
+        train = train.subset(class_balanced_subset(train.labels, args.train_examples, 0))
+    x, y = train.images.to(device), train.labels.to(device)
+    xt, yt = test.images.to(device), test.labels.to(device)
+    seeds = SourceConfig(nets=args.nets, seed=args.seed).net_seeds()
+    factory = net_factory("fconv", args.widths, 1, 10)
+    groups = [seeds] if args.mode == "batched" else [[s] for s in seeds]
+    chunk = None if args.chunk_size == "all" else (
+        "auto" if args.chunk_size == "auto" else int(args.chunk_size))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    accs, chunks = [], []
+    sync()
+    t0 = time.perf_counter()
+    for group in groups:
+        model = BatchedModel(factory, group, device=device)
+        trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2, chunk_size=chunk)
+        for epoch in range(args.epochs):
+            trainer.train_epoch(x, y, epoch, batch_size=args.batch_size)
+        accs += evaluate_accuracy(model, xt, yt).tolist()
+        chunks.append(trainer.chunk_size)
+    sync()
+    wall = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "mode": args.mode, "wall_s": wall, "peak_memory_bytes": int(peak),
+        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "heldout_acc": accs, "mean_heldout_acc": sum(accs) / len(accs),
+        "chunk_size": chunks[0], "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--nets", type=int, default=4)
+    p.add_argument("--widths", type=int, nargs=2, default=[32, 64])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-examples", type=int, default=None)
+    p.add_argument("--chunk-size", default="auto", help="'auto', 'all' or an integer")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))
+    p.add_argument("--modes", nargs="+", default=["batched", "sequential"],
+                   choices=["batched", "sequential"])
+    p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one mode
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args()
+
+    if args.mode:
+        print(json.dumps(run_mode(args)))
+        return
+
+    results = []
+    base = list(sys.argv[1:])
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, *base, "--mode", mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"{mode} run failed")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        r = results[-1]
+        print(f"{mode:10s} wall {r['wall_s']:8.1f} s  peak {r['peak_memory_bytes'] / 2**30:6.2f} "
+              f"GiB  mean held-out acc {r['mean_heldout_acc']:.4f}  chunk {r['chunk_size']}")
+    record = {
+        "benchmark": "source_nets",
+        "date": dt.date.today().isoformat(),
+        "command": "python benchmarks/source_nets.py " + " ".join(base),
+        "torch": torch.__version__,
+        "config": {k: v for k, v in vars(args).items() if k not in ("mode", "out")},
+        "results": results,
+    }
+    if len(results) == 2:
+        b, s = results
+        record["sequential_over_batched"] = s["wall_s"] / b["wall_s"]
+        diff = max(abs(a - c) for a, c in zip(b["heldout_acc"], s["heldout_acc"], strict=True))
+        record["max_abs_acc_difference"] = diff
+        print(f"sequential / batched wall time: {record['sequential_over_batched']:.2f}x; "
+              f"max per-net accuracy difference {diff:.4f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
