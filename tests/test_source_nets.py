@@ -19,6 +19,7 @@ from dwp.batched import (
     epoch_orders,
     evaluate_accuracy,
     linear_decay_lr,
+    predict_logits,
 )
 from dwp.commands.source import parse_widths
 from dwp.nets import CIFARNet, CIFARSourceNet, FConvMNIST, count_parameters, xavier_init_
@@ -146,6 +147,9 @@ def test_eval_accuracy_and_shared_forward_match_single_nets():
         torch.testing.assert_close(shared[i], net(x), rtol=1e-4, atol=1e-5)
         expected = (net(x).argmax(1) == y).double().mean()
         assert evaluate_accuracy(model, x, y, batch_size=5)[i].item() == pytest.approx(expected)
+    torch.testing.assert_close(predict_logits(model, x, batch_size=5, chunk_size=1), shared)
+    assert torch.equal(evaluate_accuracy(model, x, y, 5, chunk_size=1),
+                       evaluate_accuracy(model, x, y))
 
 
 def test_epoch_orders_are_permutations_depending_on_seed_and_epoch():

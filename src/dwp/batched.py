@@ -551,19 +551,54 @@ def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def predict_logits(
-    model: BatchedModel, images: torch.Tensor, batch_size: int = 1000
+    model: BatchedModel,
+    images: torch.Tensor,
+    batch_size: int = 1000,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Eval-mode logits of every net on shared ``images`` (N, ...): (n, N, classes)."""
-    outs = []
+    """Eval-mode logits of every net on shared ``images`` (N, ...): (n, N, classes).
+
+    ``chunk_size`` nets (default: all) and ``batch_size`` images go through at a time.
+    """
+    return torch.cat(
+        [torch.cat(list(_eval_batches(model, images, batch_size, sl)), dim=1)
+         for sl in _net_slices(model.n, chunk_size)]
+    )
+
+
+def _net_slices(n: int, chunk_size: int | str | None) -> list[slice]:
+    c = n if not isinstance(chunk_size, int) else max(1, chunk_size)
+    return [slice(i, min(n, i + c)) for i in range(0, n, c)]
+
+
+def _eval_batches(model: BatchedModel, images: torch.Tensor, batch_size: int, sl: slice):
+    params, buffers = model.chunk(sl)
+    params = {k: v.detach() for k, v in params.items()}
     for start in range(0, images.shape[0], batch_size):
         xb = images[start : start + batch_size]
-        outs.append(_forward_shared(model, xb))
-    return torch.cat(outs, dim=1)
+        yield model.forward(xb, params=params, buffers=buffers, train=False, shared=True)
 
 
-def _forward_shared(model: BatchedModel, xb: torch.Tensor) -> torch.Tensor:
-    params = {k: v.detach() for k, v in model.params.items()}
-    return model.forward(xb, params=params, train=False, shared=True)
+@torch.no_grad()
+def evaluate_accuracy(
+    model: BatchedModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Per-net accuracy on a shared held-out set ``images`` (N, ...), ``labels`` (N,): (n,).
+
+    ``chunk_size`` nets (default: all) and ``batch_size`` images are evaluated at a time.
+    """
+    correct = torch.zeros(model.n, dtype=torch.long, device=labels.device)
+    for sl in _net_slices(model.n, chunk_size):
+        start = 0
+        for logits in _eval_batches(model, images, batch_size, sl):
+            yb = labels[start : start + logits.shape[1]].to(logits.device)
+            correct[sl] += (logits.argmax(-1) == yb).sum(1).to(correct.device)
+            start += logits.shape[1]
+    return correct.double() / images.shape[0]
 
 
 def _infer_sample_dim(module: nn.Module) -> int:
@@ -575,17 +610,3 @@ def _infer_sample_dim(module: nn.Module) -> int:
             return 1
     raise DwpError("cannot tell the input rank of this module: pass sample_dim explicitly")
 
-
-@torch.no_grad()
-def evaluate_accuracy(
-    model: BatchedModel, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
-) -> torch.Tensor:
-    """Per-net accuracy on a shared held-out set ``images`` (N, ...), ``labels`` (N,): (n,)."""
-    correct = torch.zeros(model.n, dtype=torch.long, device=labels.device)
-    for start in range(0, images.shape[0], batch_size):
-        xb = images[start : start + batch_size]
-        pred = _forward_shared(model, xb).argmax(-1)
-        correct += (pred == labels[start : start + batch_size].to(pred.device)).sum(1).to(
-            correct.device
-        )
-    return correct.double() / images.shape[0]

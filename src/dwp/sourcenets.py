@@ -240,7 +240,9 @@ def train_source_nets(
             t0 = time.perf_counter()
             stats = trainer.train_epoch(x_tr, y_tr, epoch, cfg.batch_size, on_step=step_hook)
             bar.update(1)
-            acc = evaluate_accuracy(model, x_te, y_te).tolist()
+            acc = evaluate_accuracy(
+                model, x_te, y_te, cfg.batch_size, _int_or_none(trainer.chunk_size)
+            ).tolist()
             last_acc = sum(acc) / len(acc)
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
                             chunk=trainer.chunk_size)
@@ -256,7 +258,9 @@ def train_source_nets(
     finally:
         bar.close()
 
-    acc = evaluate_accuracy(model, x_te, y_te).tolist()
+    acc = evaluate_accuracy(
+        model, x_te, y_te, cfg.batch_size, _int_or_none(trainer.chunk_size)
+    ).tolist()
     meta = {
         "kind": "dwp-source-nets",
         "dwp_version": __version__,
@@ -278,6 +282,10 @@ def train_source_nets(
     save_nets(out, model, meta)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return meta
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def save_nets(out: Path, model: BatchedModel, meta: dict[str, Any]) -> None:
