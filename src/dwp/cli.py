@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("dwp: interrupted (a rerun of the same command resumes)", err=True)
         return 130
     except Exception as exc:  # click usage errors
-        import click
+        try:
+            import click
+        except ImportError:  # typer >= 0.16 vendors click as typer._click
+            from typer import _click as click
 
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
