@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -77,7 +78,8 @@ def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None)
         "projected_10000_steps_min": 10000 * dt / 60,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"), "trained_prior": bool(prior_dir),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "trained_prior": bool(prior_dir),
+        "load_avg_1min": os.getloadavg()[0],
     }
     if dev.type == "cuda":
         rec["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
