@@ -211,3 +211,13 @@ def test_cli_unknown_dataset_is_one_line_error(capsys):
     assert main(["data", "info", "-d", "svhn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dwp: error: unknown dataset 'svhn'") and "\n" not in err
+
+
+def test_torchvision_folder_layout(tmp_path, data_root):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        # torchvision keeps the decompressed files; dwp reads either form.
+        (raw / name[:-3]).write_bytes(gzip.decompress((data_root / "mnist" / name).read_bytes()))
+    ds = load_dataset("mnist", "test", tmp_path)
+    assert ds.source == str(raw) and ds.class_counts() == MNIST_TEST_COUNTS
