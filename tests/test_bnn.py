@@ -149,3 +149,26 @@ def test_experiment_classification_resumes(tmp_path, data_root):
     assert keys == [("deterministic", 0), ("standard-normal", 0)]  # sn/0 was not repeated
     assert all(r["note"] == "test" and r["test_examples"] == 100 for r in rows)
     assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze):
+    from dwp.cli import main
+    from dwp.priors import KernelVAE, save_prior
+
+    torch.manual_seed(0)
+    for name, k in (("conv1", 7), ("conv2", 5)):
+        save_prior(KernelVAE(k), tmp_path / "prior" / name)
+    out = tmp_path / "run"
+    args = ["train-bnn", "--out", str(out), "--prior", "dwp", "--prior-dir",
+            str(tmp_path / "prior"), "--n", "20", "--steps", "2", "--kernel-subsample", "16",
+            "--ensemble", "2", "--test-examples", "200", "--device", "cpu",
+            "--data-root", str(data_root), "--no-progress"]
+    if freeze:
+        args.append("--freeze-reverse")
+    assert main(args) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["method"] == "dwp" and rec["init"] == "prior" and rec["freeze_reverse"] is freeze
+    assert [(r["layer"], r["prior"]) for r in rec["layers"]] == [
+        ("features.conv1", "vae"), ("features.conv2", "vae")]
+    assert math.isfinite(rec["final_kl"]) and 0.0 <= rec["accuracy"] <= 1.0
