@@ -109,6 +109,10 @@ def train_bnn(
         show_progress=show_progress,
     )
     rec["test_examples"] = len(test)
+    if rec.get("layers"):
+        from dwp.bayes import format_report
+
+        typer.echo(format_report(rec["layers"]), err=True)
     atomic_write_json(metrics_path, rec)
     brief = {k: rec[k] for k in ("method", "n", "seed", "accuracy", "nll", "ece", "seconds")}
     typer.echo(json.dumps(brief))
