@@ -16,6 +16,7 @@ from dwp.commands import data as data_cmd
 from dwp.commands import experiment as experiment_cmd
 from dwp.commands import kernels as kernels_cmd
 from dwp.commands import priors as priors_cmd
+from dwp.commands import reproduce as reproduce_cmd
 from dwp.commands import source as source_cmd
 from dwp.runtime import DwpError
 
@@ -44,17 +45,18 @@ def _root(
     """Learned priors over convolution kernels: the Deep Weight Prior and its baselines."""
 
 
+# Registered in pipeline order (that is the order `dwp --help` lists them in).
 app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
-# -- registrations of further commands (one line each) ------------------------------------
-app.command("train-prior", **priors_cmd.TRAIN_COMMAND)(priors_cmd.train_prior)
-app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior)
 app.command("train-source", **source_cmd.COMMAND)(source_cmd.train_source)
 app.command("collect-kernels", **kernels_cmd.COMMAND)(kernels_cmd.collect_kernels_cmd)
+app.command("train-prior", **priors_cmd.TRAIN_COMMAND)(priors_cmd.train_prior)
+app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior)
 app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)
 app.add_typer(experiment_cmd.app, name="experiment")
 experiment_cmd.app.command("classification", **bnn_cmd.EXPERIMENT_COMMAND)(
     bnn_cmd.experiment_classification
 )
+app.command("reproduce", **reproduce_cmd.COMMAND)(reproduce_cmd.reproduce)
 
 
 def main(argv: list[str] | None = None) -> int:
