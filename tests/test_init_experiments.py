@@ -60,3 +60,36 @@ def test_missing_prior_dir_is_a_clear_error(tmp_path, capsys, data_root):
                  "--data-root", str(data_root)])
     assert code == 2
     assert "needs --prior-dir" in capsys.readouterr().err
+
+
+def test_standardize_features_uses_training_statistics_only():
+    from dwp.experiments.features import standardize_features
+
+    gen = torch.Generator().manual_seed(0)
+    train = 0.01 * torch.randn(3, 400, 6, generator=gen) + torch.arange(6.0)
+    test = 5.0 * torch.randn(3, 50, 6, generator=gen) - 2.0  # a very different distribution
+    tr, te = standardize_features(train, test)
+    # training features: zero mean, unit (population) std per net and feature
+    torch.testing.assert_close(tr.mean(1), torch.zeros(3, 6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(tr.std(1, unbiased=False), torch.ones(3, 6), atol=1e-3, rtol=0)
+    # test features: the training transform, computed independently in float64 numpy
+    x, t = train.double().numpy(), test.double().numpy()
+    expect = (t - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(te.double().numpy(), expect, rtol=1e-4, atol=1e-3)
+    assert te.abs().mean() > 10  # not re-standardised with its own statistics
+    # other test data change nothing: the training output is the same, and each test row's
+    # output does not depend on the other test rows
+    tr2, te2 = standardize_features(train, test[:, :10])
+    torch.testing.assert_close(tr2, tr)
+    torch.testing.assert_close(te2, te[:, :10])
+
+
+def test_features_standardize_flag(tmp_path, data_root):
+    out = tmp_path / "feat-std"
+    args = ["experiment", "features", "--methods", "xavier", "--seeds", "1", "--standardize",
+            "--train-examples", "100", "--test-examples", "50", "--epochs", "1",
+            "--out", str(out), "--device", "cpu", "--data-root", str(data_root), "--no-progress"]
+    assert main(args) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 5 and all(r["standardize"] is True for r in rows)
+    assert json.loads((out / "config.json").read_text())["config"]["standardize"] is True

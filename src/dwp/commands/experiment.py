@@ -62,6 +62,11 @@ def features(
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Head training epochs [10; quick 5]."),
     seed: int = typer.Option(0, "--seed", help="Base seed."),
+    standardize: bool = typer.Option(
+        False, "--standardize/--raw",
+        help="Standardise each frozen feature with its mean/std over the TRAINING images before "
+             "the linear head (a control for feature scale) [default: raw, as in the paper].",
+    ),
     quick: bool = Quick,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -78,7 +83,7 @@ def features(
     from dwp.experiments.features import FeaturesConfig, run_features
     from dwp.runtime import prepare_run_dir, select_device
 
-    cfg = FeaturesConfig(methods=_methods(methods), seed=seed)
+    cfg = FeaturesConfig(methods=_methods(methods), seed=seed, standardize=standardize)
     if quick:
         cfg.seeds, cfg.train_examples, cfg.test_examples, cfg.epochs = 3, 10000, 2000, 5
     for name, value in (("seeds", seeds), ("train_examples", train_examples),
