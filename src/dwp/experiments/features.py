@@ -212,8 +212,8 @@ def plot_features(summary: list[dict[str, Any]], path: Path, standardize: bool =
     ax.set_xscale("log", base=2)
     ax.set_xlabel("width factor k (conv widths = k x (32, 128))")
     ax.set_ylabel("test accuracy, % (mean ± std over seeds)")
-    head = "standardised features, linear head" if standardize else "trained linear head"
-    ax.set_title(f"MNIST random features: frozen convs, {head}", fontsize=10)
+    head = "standardised features -> linear head" if standardize else "raw features -> linear head"
+    ax.set_title(f"MNIST random features: frozen convs,\n{head}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
