@@ -172,3 +172,41 @@ def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze):
     assert [(r["layer"], r["prior"]) for r in rec["layers"]] == [
         ("features.conv1", "vae"), ("features.conv2", "vae")]
     assert math.isfinite(rec["final_kl"]) and 0.0 <= rec["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_train_bnn_saves_model_that_reloads(tmp_path, data_root, freeze):
+    from dwp.bayes import bayes_layers, sampling
+    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.cli import main
+    from dwp.data import load_dataset
+    from dwp.priors import KernelVAE, save_prior
+
+    torch.manual_seed(0)
+    for name, k in (("conv1", 7), ("conv2", 5)):
+        save_prior(KernelVAE(k, hidden=8), tmp_path / "prior" / name)
+    out = tmp_path / "run"
+    args = ["train-bnn", "--out", str(out), "--prior", "dwp", "--prior-dir",
+            str(tmp_path / "prior"), "--n", "20", "--steps", "3", "--kernel-subsample", "8",
+            "--ensemble", "1", "--test-examples", "50", "--device", "cpu", "--lr", "1e-2",
+            "--data-root", str(data_root), "--no-progress"]
+    assert main([*args, "--freeze-reverse"] if freeze else args) == 0
+    priors = resolve_priors("dwp", tmp_path / "prior")
+    model, meta = load_bnn(out / "model.safetensors", priors)
+    assert meta["method"] == "dwp" and json.loads(meta["widths"]) == [32, 128]
+    layers = dict(bayes_layers(model))
+    assert set(layers) == {"features.conv1", "features.conv2"}
+    for name, layer in layers.items():
+        # trained: means moved away from any fresh init, log-variances from their -10 start
+        assert not torch.all(layer.log_sigma2 == -10.0)
+        enc = priors[name.rsplit(".", 1)[-1]].encoder.state_dict()
+        same = all(torch.equal(v, enc[k]) for k, v in layer.reverse.state_dict().items())
+        assert same is freeze  # a trained reverse model was saved, a frozen one is the encoder
+    x = load_dataset("mnist", "test", data_root).images[:8]
+    again, _ = load_bnn(out / "model.safetensors", priors)
+    with sampling(model, "mean"), sampling(again, "mean"):
+        assert torch.equal(model(x), again(x))
+    with pytest.raises(DwpError):
+        load_bnn(out / "model.safetensors", None)
+    with pytest.raises(DwpError):
+        load_bnn(tmp_path / "missing.safetensors", priors)

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -325,6 +327,7 @@ def run_classification(
     widths: Sequence[int] = (32, 128),
     weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
     show_progress: bool = False,
+    model_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
 
@@ -334,6 +337,9 @@ def run_classification(
     from a prior sample (``init="prior"``, default for dwp and fitted-gaussian, as the paper's
     code) or Xavier (default otherwise). ``deterministic``: the weight decay is chosen on a
     validation split of the subset. Returns the JSON-able record of the run.
+
+    ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
+    and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
     """
     from dwp.bayes import bayesianize
     from dwp.data import class_balanced_subset
@@ -383,9 +389,83 @@ def run_classification(
         rec.update(init=init, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
                    log_sigma2_init=log_sigma2_init, layers=report,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
+    if model_path is not None:
+        save_bnn(model, model_path, method=method, widths=widths, in_channels=in_ch,
+                 num_classes=train_data.num_classes)
+        rec["model_path"] = str(model_path)
     rec.update(metrics)
     rec["seconds"] = time.perf_counter() - t0
     return rec
+
+
+# -- saved models ------------------------------------------------------------------------------
+BNN_FORMAT = "dwp-bnn"
+
+
+def save_bnn(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    method: str,
+    widths: Sequence[int],
+    in_channels: int,
+    num_classes: int,
+) -> None:
+    """Save a trained FConvMNIST (Bayesian or not) as one safetensors file, atomically.
+
+    The file holds the whole state dict (for variational layers: ``weight_mu``, ``log_sigma2``,
+    ``bias``, the reverse model ``reverse.*`` and the prior ``prior.*``) and metadata
+    (``format``, ``method``, ``widths``, ``in_channels``, ``num_classes``) to rebuild it.
+    """
+    from safetensors.torch import save_model
+
+    from dwp.runtime import atomic_path
+
+    meta = {"format": BNN_FORMAT, "method": canonical_method(method),
+            "widths": json.dumps([int(w) for w in widths]), "in_channels": str(int(in_channels)),
+            "num_classes": str(int(num_classes))}
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata=meta)
+
+
+def load_bnn(
+    path: str | Path, priors: Any = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, str]]:
+    """Rebuild a model saved by :func:`save_bnn`: returns (model in eval mode, metadata).
+
+    ``priors`` must be the priors it was trained with (as for :func:`run_classification`; they
+    fix the layers' architecture, their weights are then read from the file); ``None`` for the
+    deterministic baseline.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    from dwp.bayes import bayesianize
+    from dwp.nets import FConvMNIST
+
+    path = Path(path)
+    if not path.is_file():
+        raise DwpError(f"no saved model at {path}: train one with 'dwp train-bnn' first")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != BNN_FORMAT:
+        raise DwpError(f"{path} is not a model saved by dwp train-bnn (format "
+                       f"{meta.get('format')!r})")
+    method = canonical_method(meta["method"])
+    if (priors is None) != (method == "deterministic"):
+        raise DwpError(f"{path} holds a {method} model: pass the priors it was trained with"
+                       if priors is None else f"{path} holds a deterministic model: no priors")
+    model = FConvMNIST(json.loads(meta["widths"]), in_channels=int(meta["in_channels"]),
+                       num_classes=int(meta["num_classes"]))
+    if priors is not None:
+        bayesianize(model, match_priors(model, priors), init="xavier")
+    model.to(map_location)
+    try:
+        load_model(model, str(path), strict=True, device=str(map_location))
+    except RuntimeError as exc:
+        raise DwpError(f"{path} does not match the given priors: {str(exc).splitlines()[0]}") \
+            from None
+    return model.eval(), meta
 
 
 # -- the grid (paper Fig. 2 / Fig. 5) ---------------------------------------------------------

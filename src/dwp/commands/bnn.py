@@ -12,12 +12,16 @@ from dwp.runtime import DwpError
 
 COMMAND = {
     "help": "Variational inference for FConvMNIST on N MNIST images with a per-layer prior "
-    "(dwp, sn, lu, mvn) or the deterministic L2 baseline; writes metrics.json.",
+    "(dwp, sn, lu, mvn) or the deterministic L2 baseline; writes metrics.json and "
+    "model.safetensors.",
 }
 
 
 def train_bnn(
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (config.json, metrics.json)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o",
+        help="Run folder (config.json, metrics.json, model.safetensors: the trained model).",
+    ),
     prior: str = typer.Option(
         "dwp", "--prior",
         help="dwp (deep weight prior, needs --prior-dir), sn (standard normal), lu "
@@ -65,7 +69,8 @@ def train_bnn(
     download: bool = Download,
     show_progress: bool = Progress,
 ) -> None:
-    """Train one model and write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test)."""
+    """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
+    trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
     from dwp.bnn import canonical_method, resolve_priors, run_classification
     from dwp.data import load_dataset
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
@@ -106,7 +111,7 @@ def train_bnn(
         method, n, seed, train_data=train, test_data=test, steps=steps, priors=priors,
         device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse, init=init,
         log_sigma2_init=log_sigma2_init, ensemble=ensemble, lr=lr, batch_size=batch_size,
-        show_progress=show_progress,
+        show_progress=show_progress, model_path=out / "model.safetensors",
     )
     rec["test_examples"] = len(test)
     if rec.get("layers"):
