@@ -159,3 +159,56 @@ def convergence(
     run_convergence(cfg, sources, train, test, out, dev, show_progress)
     typer.echo(f"results: {out / 'results.jsonl'}; figures: {out / 'convergence.png'}, "
                f"{out / 'vae_samples.png'}")
+
+
+@app.command("gap")
+def gap(
+    model: Path = typer.Option(
+        ..., "--model", "-m",
+        help="A 'dwp train-bnn --prior dwp' run folder, or its model.safetensors.",
+    ),
+    prior_dir: Path | None = typer.Option(
+        None, "--prior-dir",
+        help="The per-layer VAE priors the net was trained with "
+             "(default: the one in the run's config.json).",
+    ),
+    out: Path = typer.Option(Path("runs/experiment-gap"), "--out", "-o",
+                             help="Run folder (layers.jsonl, gap.json, gap.md; rerun resumes)."),
+    k: int = typer.Option(10000, "--k", help="Importance samples per kernel (the paper: 10,000)."),
+    max_kernels: int | None = typer.Option(
+        None, "--max-kernels",
+        help="Evaluate a seeded uniform subset of this many kernels per layer (sums are rescaled "
+             "to the whole layer) [default: all kernels].",
+    ),
+    samples_per_kernel: int = typer.Option(
+        1, "--samples-per-kernel", help="Fresh draws w ~ q per evaluated kernel."
+    ),
+    chunk: int = typer.Option(
+        1 << 16, "--chunk", help="Decoder evaluations held in memory at once (lower: less memory)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the kernel subset and of all samples."),
+    device: str = Device,
+    show_progress: bool = Progress,
+) -> None:
+    """The gap between the ELBO and the auxiliary bound (paper Appendix B, Table 1).
+
+    Per conv layer with a dwp prior: for kernels w ~ q, G = E_q( log p_IWAE(w) - L_aux(w; r) )
+    in nats (IWAE with K samples of the net's reverse model r), for the net's r and for
+    r(z|w) = p(z), per kernel and summed over the layer, with standard errors.
+    """
+    from dwp.experiments.gap import GapConfig, resolve_model, run_gap
+    from dwp.runtime import prepare_run_dir, select_device
+
+    cfg = GapConfig(k=k, max_kernels=max_kernels, samples_per_kernel=samples_per_kernel,
+                    seed=seed, chunk=chunk)
+    cfg.check()
+    file, priors = resolve_model(model, as_path(prior_dir))
+    dev = select_device(device)
+    config = {**cfg.to_dict(), "model": str(file), "prior_dir": str(priors)}
+    run = prepare_run_dir(as_path(out), "experiment gap", config)
+    rec = run_gap(file, priors, cfg, run, dev, show_progress)
+    tot = rec["total"]
+    typer.echo(f"gap (nats, all layers): trained r {tot['gap_trained_r']['sum']:.4g} ± "
+               f"{tot['gap_trained_r']['sum_se']:.2g}; r = p(z) {tot['gap_prior_r']['sum']:.4g} "
+               f"± {tot['gap_prior_r']['sum_se']:.2g}")
+    typer.echo(f"table: {run / 'gap.md'}; results: {run / 'gap.json'}")
