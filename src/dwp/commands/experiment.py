@@ -208,7 +208,7 @@ def gap(
     run = prepare_run_dir(as_path(out), "experiment gap", config)
     rec = run_gap(file, priors, cfg, run, dev, show_progress)
     tot = rec["total"]
-    typer.echo(f"gap (nats, all layers): trained r {tot['gap_trained_r']['sum']:.4g} ± "
+    typer.echo(f"gap (nats, all layers): net's r {tot['gap_trained_r']['sum']:.4g} ± "
                f"{tot['gap_trained_r']['sum_se']:.2g}; r = p(z) {tot['gap_prior_r']['sum']:.4g} "
                f"± {tot['gap_prior_r']['sum_se']:.2g}")
     typer.echo(f"table: {run / 'gap.md'}; results: {run / 'gap.json'}")

@@ -248,8 +248,8 @@ def _fmt(s: dict[str, Any], key: str) -> str:
 def gap_table(layers: dict[str, dict[str, Any]]) -> str:
     """Markdown table like the paper's Table 1: per layer, the gap (nats) with both r."""
     lines = [
-        "| layer | kernels (evaluated / all) | gap, trained r (nats, layer sum) | "
-        "gap, r = p(z) (nats, layer sum) | per kernel: trained r | per kernel: r = p(z) |",
+        "| layer | kernels (evaluated / all) | gap, net's r (nats, layer sum) | "
+        "gap, r = p(z) (nats, layer sum) | per kernel: net's r | per kernel: r = p(z) |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in layers.items():
