@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = {}
     for item in args.run:
-        label, _, folder = item.partition("=")
+        label, _, folder = item.rpartition("=")
         runs[label] = json.loads((Path(folder) / "gap.json").read_text())
         runs[label]["run_folder"] = folder
     atomic_write_json(args.out, {
