@@ -17,3 +17,15 @@ def data_root() -> Path:
     if not (root / "mnist").is_dir():
         pytest.skip(f"real datasets not found at {root} (set DWP_DATA_ROOT)")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: tiny tensors, and no OpenMP stalls when the CI's two
+    cores are oversubscribed. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

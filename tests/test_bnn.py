@@ -21,14 +21,7 @@ from dwp.metrics import accuracy, ece, ensemble, nll
 from dwp.priors.gaussian import StandardNormal
 from dwp.runtime import DwpError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when the CI cores are oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -14,14 +14,7 @@ from dwp.bnn import train_bnn
 from dwp.bnn_batched import train_bnn_batched
 from dwp.priors.gaussian import StandardNormal
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP stalls when the CI cores are oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -13,13 +13,7 @@ from dwp.experiments.gap import GapConfig, PriorReverse, importance_bounds, mode
 from dwp.priors.vae import KernelVAE, linear_gaussian_marginal
 from dwp.runtime import DwpError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def exact_linear_vae(k: int, z_dim: int, seed: int, noise: float = 0.3) -> KernelVAE:
