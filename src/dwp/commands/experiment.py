@@ -34,6 +34,15 @@ def _methods(text: str) -> tuple[str, ...]:
     return items
 
 
+def _override(cfg, **values: int | None) -> None:
+    """Set the given positive integer options on ``cfg``; ``None`` keeps the config's value."""
+    for name, value in values.items():
+        if value is not None:
+            if value < 1:
+                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            setattr(cfg, name, value)
+
+
 def _mnist(data_root: Path | None, download: bool, n_train, n_test, seed: int):
     from dwp.data import class_balanced_subset, load_dataset
 
@@ -86,12 +95,8 @@ def features(
     cfg = FeaturesConfig(methods=_methods(methods), seed=seed, standardize=standardize)
     if quick:
         cfg.seeds, cfg.train_examples, cfg.test_examples, cfg.epochs = 3, 10000, 2000, 5
-    for name, value in (("seeds", seeds), ("train_examples", train_examples),
-                        ("test_examples", test_examples), ("epochs", epochs)):
-        if value is not None:
-            if value < 1:
-                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-            setattr(cfg, name, value)
+    _override(cfg, seeds=seeds, train_examples=train_examples, test_examples=test_examples,
+              epochs=epochs)
     dev = select_device(device)
     sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
     train, test = _mnist(data_root, download, cfg.train_examples, cfg.test_examples, seed)
@@ -144,12 +149,7 @@ def convergence(
     if quick:
         cfg.seeds, cfg.steps, cfg.vae_steps, cfg.test_examples = 3, 150, 200, 500
         cfg.batch_size, cfg.eval_every, cfg.vae_eval_every = 32, 15, 25
-    for name, value in (("seeds", seeds), ("steps", steps), ("vae_steps", vae_steps),
-                        ("test_examples", test_examples)):
-        if value is not None:
-            if value < 1:
-                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-            setattr(cfg, name, value)
+    _override(cfg, seeds=seeds, steps=steps, vae_steps=vae_steps, test_examples=test_examples)
     dev = select_device(device)
     sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
     train, test = _mnist(data_root, download, None, cfg.test_examples, seed)
