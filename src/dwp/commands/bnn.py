@@ -11,6 +11,7 @@ from dwp.commands.options import DataRoot, Device, Download, Progress, as_path
 from dwp.runtime import DwpError
 
 COMMAND = {
+    "short_help": "Train one Bayesian CNN on N MNIST images with a chosen kernel prior.",
     "help": "Variational inference for FConvMNIST on N MNIST images with a per-layer prior "
     "(dwp, sn, lu, mvn) or the deterministic L2 baseline; writes metrics.json and "
     "model.safetensors.",
@@ -124,6 +125,7 @@ def train_bnn(
 
 
 EXPERIMENT_COMMAND = {
+    "short_help": "Paper Fig. 2: test accuracy vs N for each prior, over seeds.",
     "help": "The classification grid (paper Fig. 2/5): sizes x methods x seeds of train-bnn, "
     "resumable; writes results.jsonl, summary.md and accuracy.png.",
 }
