@@ -220,16 +220,15 @@ def stratified_split(
 def _load_idx_dataset(name: str, split: str, root: Path, download: bool) -> ImageDataset:
     folders = _idx_candidate_folders(name, root)
     for folder in folders:
-        pair = _find_idx_pair(folder, _IDX_PREFIX[split])
-        has_both = pair is not None and _find_idx_pair(folder, "train") is not None and (
-            _find_idx_pair(folder, "t10k") is not None
-        )
-        if pair is not None and (name != "notmnist" or has_both):
+        pairs = {s: _find_idx_pair(folder, prefix) for s, prefix in _IDX_PREFIX.items()}
+        pair = pairs[split]
+        # notMNIST uses files as given only when both splits exist; else it splits one pool.
+        if pair is not None and (name != "notmnist" or None not in pairs.values()):
             images, labels = _load_idx_pair(*pair)
             source = str(pair[0].parent)
             break
         if name == "notmnist":
-            pool = _find_idx_pair(folder, "t10k") or _find_idx_pair(folder, "train")
+            pool = pairs["test"] or pairs["train"]
             if pool is not None:
                 images, labels = _load_idx_pair(*pool)
                 idx = stratified_split(labels, split)
