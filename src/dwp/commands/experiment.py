@@ -43,6 +43,22 @@ def _override(cfg, **values: int | None) -> None:
             setattr(cfg, name, value)
 
 
+def _prepare_run(command, cfg, out, prior_dir, kernels, data_root, download, device, n_train):
+    """Shared start of the init experiments: device, kernel sources, MNIST, run folder + config.
+
+    Returns ``(device, sources, train, test, out)``.
+    """
+    from dwp.experiments.common import load_sources
+    from dwp.runtime import prepare_run_dir, select_device
+
+    dev = select_device(device)
+    sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
+    train, test = _mnist(data_root, download, n_train, cfg.test_examples, cfg.seed)
+    config = {**cfg.to_dict(), "prior_dir": str(prior_dir), "kernels": str(kernels),
+              "device": str(dev), "data_root": str(data_root)}
+    return dev, sources, train, test, prepare_run_dir(as_path(out), command, config)
+
+
 def _mnist(data_root: Path | None, download: bool, n_train, n_test, seed: int):
     from dwp.data import class_balanced_subset, load_dataset
 
@@ -88,21 +104,17 @@ def features(
     xavier kernels and stay frozen; only the linear classifier is trained. Writes mean +- std
     test accuracy over seeds vs k (results.jsonl, summary.json, features.png).
     """
-    from dwp.experiments.common import load_sources
     from dwp.experiments.features import FeaturesConfig, run_features
-    from dwp.runtime import prepare_run_dir, select_device
 
     cfg = FeaturesConfig(methods=_methods(methods), seed=seed, standardize=standardize)
     if quick:
         cfg.seeds, cfg.train_examples, cfg.test_examples, cfg.epochs = 3, 10000, 2000, 5
     _override(cfg, seeds=seeds, train_examples=train_examples, test_examples=test_examples,
               epochs=epochs)
-    dev = select_device(device)
-    sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
-    train, test = _mnist(data_root, download, cfg.train_examples, cfg.test_examples, seed)
-    config = {**cfg.to_dict(), "prior_dir": str(prior_dir), "kernels": str(kernels),
-              "device": str(dev), "data_root": str(data_root)}
-    out = prepare_run_dir(as_path(out), "experiment features", config)
+    dev, sources, train, test, out = _prepare_run(
+        "experiment features", cfg, out, prior_dir, kernels, data_root, download, device,
+        cfg.train_examples,
+    )
     run_features(cfg, sources, train, test, out, dev, show_progress)
     typer.echo(f"results: {out / 'results.jsonl'}; summary: {out / 'summary.json'}; "
                f"figure: {out / 'features.png'}")
@@ -137,9 +149,7 @@ def convergence(
     (results.jsonl, summary.json, convergence.png) and VAE samples after 100..500 steps
     (vae_samples.png).
     """
-    from dwp.experiments.common import load_sources
     from dwp.experiments.convergence import MODELS, ConvergenceConfig, run_convergence
-    from dwp.runtime import prepare_run_dir, select_device
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     bad = [m for m in model_list if m not in MODELS]
@@ -150,12 +160,10 @@ def convergence(
         cfg.seeds, cfg.steps, cfg.vae_steps, cfg.test_examples = 3, 150, 200, 500
         cfg.batch_size, cfg.eval_every, cfg.vae_eval_every = 32, 15, 25
     _override(cfg, seeds=seeds, steps=steps, vae_steps=vae_steps, test_examples=test_examples)
-    dev = select_device(device)
-    sources = load_sources(cfg.methods, as_path(prior_dir), as_path(kernels))
-    train, test = _mnist(data_root, download, None, cfg.test_examples, seed)
-    config = {**cfg.to_dict(), "prior_dir": str(prior_dir), "kernels": str(kernels),
-              "device": str(dev), "data_root": str(data_root)}
-    out = prepare_run_dir(as_path(out), "experiment convergence", config)
+    dev, sources, train, test, out = _prepare_run(
+        "experiment convergence", cfg, out, prior_dir, kernels, data_root, download, device,
+        None,
+    )
     run_convergence(cfg, sources, train, test, out, dev, show_progress)
     typer.echo(f"results: {out / 'results.jsonl'}; figures: {out / 'convergence.png'}, "
                f"{out / 'vae_samples.png'}")
