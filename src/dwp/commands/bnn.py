@@ -10,6 +10,11 @@ import typer
 from dwp.commands.options import DataRoot, Device, Download, Progress, as_path
 from dwp.runtime import DwpError
 
+TestExamples = typer.Option(
+    None, "--test-examples",
+    help="Evaluate on the first K MNIST test images only (quick checks; default: all 10,000).",
+)
+
 COMMAND = {
     "short_help": "Train one Bayesian CNN on N MNIST images with a chosen kernel prior.",
     "help": "Variational inference for FConvMNIST on N MNIST images with a per-layer prior "
@@ -61,10 +66,7 @@ def train_bnn(
     batch_size: int | None = typer.Option(
         None, "--batch-size", help="Mini-batch size (default: full batch for N <= 1000)."
     ),
-    test_examples: int | None = typer.Option(
-        None, "--test-examples",
-        help="Evaluate on the first K MNIST test images only (quick checks; default: all 10,000).",
-    ),
+    test_examples: int | None = TestExamples,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -170,10 +172,7 @@ def experiment_classification(
     ),
     ensemble: int = typer.Option(10, "--ensemble", help="Weight samples in the test ensemble."),
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
-    test_examples: int | None = typer.Option(
-        None, "--test-examples",
-        help="Evaluate on the first K MNIST test images only (quick checks; default: all 10,000).",
-    ),
+    test_examples: int | None = TestExamples,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
