@@ -101,18 +101,28 @@ def _exact_kl_full(layer: BayesConv2d, prior: LinearGaussianPrior) -> float:
 
 
 # -- LRT moments ----------------------------------------------------------------------------
+@pytest.mark.parametrize("posterior", ["gaussian", "truncated-alpha"])
 @pytest.mark.parametrize("kind", ["conv", "linear"])
-def test_lrt_moments_match_weight_sampling(kind):
+def test_lrt_moments_match_weight_sampling(kind, posterior):
     torch.manual_seed(0)
+    opts = {"log_sigma2_init": -1.0, "posterior": posterior, "alpha_logit_init": 0.5}
     if kind == "conv":
-        layer = BayesConv2d(2, 3, (3, 2), stride=2, padding=1, log_sigma2_init=-1.0)
+        layer = BayesConv2d(2, 3, (3, 2), stride=2, padding=1, **opts)
         x = torch.randn(1, 2, 6, 5)
     else:
-        layer = BayesLinear(6, 4, log_sigma2_init=-1.0)
+        layer = BayesLinear(6, 4, **opts)
         x = torch.randn(1, 6)
     with torch.no_grad():
-        layer.log_sigma2.add_(torch.randn_like(layer.log_sigma2) * 0.5)
+        noisy = layer.log_sigma2 if posterior == "gaussian" else layer.alpha_logit
+        noisy.add_(torch.randn_like(noisy) * 0.5)
         layer.bias.normal_()
+    # the variance each parameterisation means, computed independently of the layer's code
+    if posterior == "gaussian":
+        var_w = layer.log_sigma2.detach().exp()
+    else:
+        a = layer.alpha_logit.detach()
+        var_w = layer.weight_mu.detach() ** 2 / (1 + torch.exp(-a))
+    assert torch.allclose(layer.weight_var().detach(), var_w, rtol=1e-6)
     s = 20000
     with torch.no_grad():
         with sampling(layer, "sample"):
@@ -121,12 +131,42 @@ def test_lrt_moments_match_weight_sampling(kind):
             lrt = layer(x.expand(s, *x.shape[1:]))  # independent LRT draws per row
         with sampling(layer, "mean"):
             exact_mean = layer(x)[0]
-        exact_var = layer._op(x * x, layer.log_sigma2.exp(), None)[0]
+        exact_var = layer._op(x * x, var_w, None)[0]
     for draws in (ws, lrt):
         se = (exact_var / s).sqrt()
         assert ((draws.mean(0) - exact_mean).abs() < 5 * se + 1e-6).all()
         # sample variance of a Gaussian has relative sd sqrt(2/(s-1)) ~ 1%
         assert torch.allclose(draws.var(0), exact_var, rtol=0.06, atol=1e-6)
+
+
+def test_truncated_alpha_posterior_keeps_alpha_below_one_under_log_uniform():
+    """The paper's log-uniform baseline: sigma^2 = sigmoid(a) mu^2, so log alpha < 0 always.
+
+    The layer's log-uniform KL must equal the Molchanov approximation at log alpha =
+    log sigmoid(a) (whatever mu is), and minimising it alone must drive alpha towards 1,
+    never beyond, while a free-variance layer's alpha runs off (the collapse it prevents).
+    """
+    from dwp.priors.loguniform import kl_loguniform_approx
+
+    torch.manual_seed(0)
+    layer = BayesConv2d(2, 3, 3, prior=LogUniform(), posterior="truncated-alpha")
+    assert layer.alpha_logit.eq(-2.0).all() and not hasattr(layer, "log_sigma2")
+    with torch.no_grad():
+        layer.alpha_logit.normal_(0.0, 2.0)
+    la = F.logsigmoid(layer.alpha_logit.detach())
+    assert torch.allclose(layer.kl(), kl_loguniform_approx(la).sum(), rtol=1e-5)
+    free = BayesConv2d(2, 3, 3, prior=LogUniform(), log_sigma2_init=-4.0)
+    for lay in (layer, free):
+        opt = torch.optim.Adam(lay.parameters(), lr=0.1)
+        for _ in range(300):
+            opt.zero_grad()
+            lay.kl().backward()
+            opt.step()
+    mu, lv = layer.kernels()
+    log_alpha = (lv - torch.log(mu.square() + 1e-16)).detach()
+    assert log_alpha.max() < 0 and log_alpha.mean() > -0.5  # pushed up to alpha ~ 1, not past
+    mu, lv = free.kernels()
+    assert (lv - torch.log(mu.square() + 1e-16)).detach().mean() > 3  # free alpha runs off
 
 
 # -- KL terms -------------------------------------------------------------------------------

@@ -203,3 +203,31 @@ def test_train_bnn_saves_model_that_reloads(tmp_path, data_root, freeze):
         load_bnn(out / "model.safetensors", None)
     with pytest.raises(DwpError):
         load_bnn(tmp_path / "missing.safetensors", priors)
+
+
+def test_log_uniform_uses_truncated_alpha_posterior_and_reloads(tmp_path, data_root):
+    from dwp.bayes import bayes_layers, sampling
+    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.cli import main
+    from dwp.data import load_dataset
+
+    out = tmp_path / "run"
+    args = ["train-bnn", "--out", str(out), "--prior", "lu", "--n", "20", "--steps", "3",
+            "--ensemble", "1", "--test-examples", "50", "--device", "cpu",
+            "--data-root", str(data_root), "--no-progress"]
+    assert main(args) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["method"] == "log-uniform" and rec["posterior"] == "truncated-alpha"
+    model, meta = load_bnn(out / "model.safetensors", resolve_priors("lu"))
+    assert meta["posterior"] == "truncated-alpha"
+    layers = dict(bayes_layers(model))
+    assert all(lay.posterior == "truncated-alpha" for lay in layers.values())
+    assert not torch.all(layers["features.conv1"].alpha_logit == -2.0)  # trained, then saved
+    x = load_dataset("mnist", "test", data_root).images[:4]
+    again, _ = load_bnn(out / "model.safetensors", resolve_priors("lu"))
+    with sampling(model, "mean"), sampling(again, "mean"):
+        assert torch.equal(model(x), again(x))
+    assert main([*args[:-1], "--out", str(tmp_path / "g"), "--posterior", "gaussian",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text())["posterior"] == "gaussian"
+    assert main([*args[:-1], "--out", str(tmp_path / "b"), "--posterior", "alpha"]) == 2

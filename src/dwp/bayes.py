@@ -32,14 +32,27 @@ from dwp.runtime import DwpError
 
 MODES = ("lrt", "sample", "fixed", "mean")
 INITS = ("xavier", "prior", "copy")
+#: How q(w) = N(mu, sigma^2) is parameterised (see :class:`_BayesLayer`).
+POSTERIORS = ("gaussian", "truncated-alpha")
 _VAR_EPS = 1e-8  # added to the LRT variance before the square root (finite gradients)
+_MU2_FLOOR = 1e-16  # added to mu^2 before its log (the same floor as dwp.priors.loguniform)
 
 
 class _BayesLayer(nn.Module):
-    """Shared machinery of the variational layers (not used directly)."""
+    """Shared machinery of the variational layers (not used directly).
+
+    Two parameterisations of q(w) = N(mu, sigma^2), chosen with ``posterior``:
+
+    - ``"gaussian"`` (default): free ``weight_mu`` and ``log_sigma2`` per weight
+      (initialised to ``log_sigma2_init``);
+    - ``"truncated-alpha"``: sigma^2 = alpha * mu^2 with alpha = sigmoid(``alpha_logit``) < 1,
+      per weight (initialised to ``alpha_logit_init``; the paper's code: -2, alpha = 0.12).
+      This is the multiplicative-noise posterior of variational dropout with alpha truncated
+      below 1, the posterior the paper's log-uniform baseline used: under the log-uniform prior
+      an untruncated alpha can grow without bound and switch every weight off.
+    """
 
     weight_mu: nn.Parameter
-    log_sigma2: nn.Parameter
     bias: nn.Parameter | None
 
     def _setup(
@@ -50,9 +63,17 @@ class _BayesLayer(nn.Module):
         prior: KernelPrior | None,
         log_sigma2_init: float,
         freeze_reverse: bool,
+        posterior: str = "gaussian",
+        alpha_logit_init: float = -2.0,
     ) -> None:
+        if posterior not in POSTERIORS:
+            raise DwpError(f"unknown posterior {posterior!r}: use one of {', '.join(POSTERIORS)}")
+        self.posterior = posterior
         self.weight_mu = nn.Parameter(torch.empty(weight_shape))
-        self.log_sigma2 = nn.Parameter(torch.full(weight_shape, float(log_sigma2_init)))
+        if posterior == "gaussian":
+            self.log_sigma2 = nn.Parameter(torch.full(weight_shape, float(log_sigma2_init)))
+        else:
+            self.alpha_logit = nn.Parameter(torch.full(weight_shape, float(alpha_logit_init)))
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features))
         else:
@@ -92,10 +113,27 @@ class _BayesLayer(nn.Module):
         self.reverse = reverse
 
     # -- posterior -------------------------------------------------------------------------
+    def weight_var(self) -> torch.Tensor:
+        """Posterior variances sigma^2, shaped like ``weight_mu`` (differentiable)."""
+        if self.posterior == "gaussian":
+            return torch.exp(self.log_sigma2)
+        return torch.sigmoid(self.alpha_logit) * self.weight_mu.square()
+
+    def weight_log_var(self) -> torch.Tensor:
+        """Posterior log-variances log sigma^2, shaped like ``weight_mu`` (differentiable).
+
+        For ``"truncated-alpha"`` this is log sigmoid(alpha_logit) + log(mu^2 + 1e-16), so that
+        log sigma^2 - log(mu^2 + 1e-16) (the log-uniform KL's log alpha) is exactly
+        log sigmoid(alpha_logit).
+        """
+        if self.posterior == "gaussian":
+            return self.log_sigma2
+        return F.logsigmoid(self.alpha_logit) + torch.log(self.weight_mu.square() + _MU2_FLOOR)
+
     def kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior means and log-variances as a batch of kernels, each (n, kh, kw)."""
         kh, kw = self._kernel_hw()
-        return self.weight_mu.reshape(-1, kh, kw), self.log_sigma2.reshape(-1, kh, kw)
+        return self.weight_mu.reshape(-1, kh, kw), self.weight_log_var().reshape(-1, kh, kw)
 
     def sample_weight(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One reparameterised weight sample w = mu + sigma * eps (differentiable)."""
@@ -103,7 +141,7 @@ class _BayesLayer(nn.Module):
             self.weight_mu.shape, generator=generator, device=self.weight_mu.device,
             dtype=self.weight_mu.dtype,
         ) if generator is not None else torch.randn_like(self.weight_mu)
-        return self.weight_mu + torch.exp(0.5 * self.log_sigma2) * eps
+        return self.weight_mu + torch.sqrt(self.weight_var()) * eps
 
     def kl(
         self, kernel_subsample: int | None = None, generator: torch.Generator | None = None
@@ -138,7 +176,7 @@ class _BayesLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "lrt":
             mean = self._op(x, self.weight_mu, self.bias)
-            var = self._op(x * x, torch.exp(self.log_sigma2), None)
+            var = self._op(x * x, self.weight_var(), None)
             return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
         return self._op(x, self._weight_for_mode(), self.bias)
 
@@ -170,6 +208,8 @@ class BayesConv2d(_BayesLayer):
         prior: KernelPrior | None = None,
         log_sigma2_init: float = -10.0,
         freeze_reverse: bool = False,
+        posterior: str = "gaussian",
+        alpha_logit_init: float = -2.0,
     ) -> None:
         super().__init__()
         ref = nn.Conv2d(
@@ -182,7 +222,8 @@ class BayesConv2d(_BayesLayer):
         self.groups, self.padding_mode = groups, padding_mode
         self._pad4 = ref._reversed_padding_repeated_twice
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._setup(shape, bias, out_channels, prior, log_sigma2_init, freeze_reverse)
+        self._setup(shape, bias, out_channels, prior, log_sigma2_init, freeze_reverse,
+                    posterior, alpha_logit_init)
 
     def _kernel_hw(self) -> tuple[int, int]:
         return self.kernel_size
@@ -197,7 +238,8 @@ class BayesConv2d(_BayesLayer):
         prior = self.prior.family if self.prior is not None else None
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, prior={prior}, mode={self.mode}"
+            f"stride={self.stride}, padding={self.padding}, prior={prior}, "
+            f"posterior={self.posterior}, mode={self.mode}"
         )
 
 
@@ -215,11 +257,14 @@ class BayesLinear(_BayesLayer):
         prior: KernelPrior | None = None,
         log_sigma2_init: float = -10.0,
         freeze_reverse: bool = False,
+        posterior: str = "gaussian",
+        alpha_logit_init: float = -2.0,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         shape = (out_features, in_features)
-        self._setup(shape, bias, out_features, prior, log_sigma2_init, freeze_reverse)
+        self._setup(shape, bias, out_features, prior, log_sigma2_init, freeze_reverse,
+                    posterior, alpha_logit_init)
 
     def _kernel_hw(self) -> tuple[int, int]:
         return (1, 1)
@@ -229,7 +274,8 @@ class BayesLinear(_BayesLayer):
 
     def extra_repr(self) -> str:
         prior = self.prior.family if self.prior is not None else None
-        return f"{self.in_features}, {self.out_features}, prior={prior}, mode={self.mode}"
+        return (f"{self.in_features}, {self.out_features}, prior={prior}, "
+                f"posterior={self.posterior}, mode={self.mode}")
 
 
 # -- functions over models -----------------------------------------------------------------
@@ -350,6 +396,8 @@ def bayesianize(
     log_sigma2_init: float = -10.0,
     freeze_reverse: bool = False,
     generator: torch.Generator | None = None,
+    posterior: str = "gaussian",
+    alpha_logit_init: float = -2.0,
 ) -> list[dict[str, Any]]:
     """Replace ``nn.Conv2d`` layers of ``model`` (in place) by ``BayesConv2d`` with a prior each.
 
@@ -361,6 +409,9 @@ def bayesianize(
 
     ``init``: posterior means from ``"xavier"`` (normal), ``"prior"`` (a sample of the layer's
     prior; needs ``prior.sample``) or ``"copy"`` (the conv's current weights). Biases are copied.
+    ``posterior``: ``"gaussian"`` (free log sigma^2, from ``log_sigma2_init``) or
+    ``"truncated-alpha"`` (sigma^2 = sigmoid(a) mu^2, a from ``alpha_logit_init``; see
+    :class:`BayesConv2d`).
 
     Returns one record per conv layer: ``{"layer", "kernel_size", "prior", "matched_by",
     "bayesian"}``. Raises ``DwpError`` for a mapping key that matched no layer.
@@ -388,6 +439,7 @@ def bayesianize(
             conv.in_channels, conv.out_channels, ksize, conv.stride, conv.padding, conv.dilation,
             conv.groups, conv.bias is not None, conv.padding_mode, prior=None,
             log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
+            posterior=posterior, alpha_logit_init=alpha_logit_init,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         layer.set_prior(prior)
         with torch.no_grad():

@@ -244,6 +244,17 @@ def canonical_method(name: str) -> str:
         ) from None
 
 
+def default_posterior(method: str) -> str:
+    """The posterior parameterisation a method uses unless told otherwise.
+
+    ``"truncated-alpha"`` (sigma^2 = alpha mu^2, alpha < 1) for log-uniform, as the paper's
+    code: with a free variance the log-uniform KL is minimised by switching every weight off
+    (alpha -> infinity), which on 50 images wins over the data term and leaves a chance-level
+    net. ``"gaussian"`` (free log sigma^2) for every other prior.
+    """
+    return "truncated-alpha" if canonical_method(method) == "log-uniform" else "gaussian"
+
+
 def resolve_priors(
     method: str,
     prior_dir: str | None = None,
@@ -321,6 +332,7 @@ def run_classification(
     freeze_reverse: bool = False,
     init: str | None = None,
     log_sigma2_init: float = -10.0,
+    posterior: str | None = None,
     ensemble: int = 10,
     lr: float = 1e-3,
     batch_size: int | None = None,
@@ -335,8 +347,10 @@ def run_classification(
     ``class_balanced_subset(labels, n, seed)``. Bayesian methods: conv layers get ``priors``
     (see :func:`resolve_priors`), the classifier stays deterministic, posterior means start
     from a prior sample (``init="prior"``, default for dwp and fitted-gaussian, as the paper's
-    code) or Xavier (default otherwise). ``deterministic``: the weight decay is chosen on a
-    validation split of the subset. Returns the JSON-able record of the run.
+    code) or Xavier (default otherwise). ``posterior`` (see :func:`default_posterior`):
+    ``"truncated-alpha"`` by default for log-uniform, ``"gaussian"`` otherwise.
+    ``deterministic``: the weight decay is chosen on a validation split of the subset.
+    Returns the JSON-able record of the run.
 
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
     and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
@@ -377,8 +391,10 @@ def run_classification(
         model = make_model()
         if init is None:
             init = "prior" if method in ("dwp", "fitted-gaussian") else "xavier"
+        posterior = posterior or default_posterior(method)
         report = bayesianize(model, match_priors(model, priors), init=init,
                              log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
+                             posterior=posterior,
                              generator=torch.Generator(device=device).manual_seed(seed)
                              if device.type != "cpu" else g)
         model.to(device)
@@ -387,7 +403,7 @@ def run_classification(
                          show_progress=show_progress)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
         rec.update(init=init, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
-                   log_sigma2_init=log_sigma2_init, layers=report,
+                   log_sigma2_init=log_sigma2_init, posterior=posterior, layers=report,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
     if model_path is not None:
         save_bnn(model, model_path, method=method, widths=widths, in_channels=in_ch,
@@ -413,9 +429,10 @@ def save_bnn(
 ) -> None:
     """Save a trained FConvMNIST (Bayesian or not) as one safetensors file, atomically.
 
-    The file holds the whole state dict (for variational layers: ``weight_mu``, ``log_sigma2``,
-    ``bias``, the reverse model ``reverse.*`` and the prior ``prior.*``) and metadata
-    (``format``, ``method``, ``widths``, ``in_channels``, ``num_classes``) to rebuild it.
+    The file holds the whole state dict (for variational layers: ``weight_mu``, ``log_sigma2``
+    or ``alpha_logit``, ``bias``, the reverse model ``reverse.*`` and the prior ``prior.*``) and
+    metadata (``format``, ``method``, ``widths``, ``in_channels``, ``num_classes``,
+    ``posterior``) to rebuild it.
     """
     from safetensors.torch import save_model
 
@@ -424,6 +441,9 @@ def save_bnn(
     meta = {"format": BNN_FORMAT, "method": canonical_method(method),
             "widths": json.dumps([int(w) for w in widths]), "in_channels": str(int(in_channels)),
             "num_classes": str(int(num_classes))}
+    layers = bayes_layers(model)
+    if layers:
+        meta["posterior"] = layers[0][1].posterior
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=meta)
 
@@ -458,7 +478,8 @@ def load_bnn(
     model = FConvMNIST(json.loads(meta["widths"]), in_channels=int(meta["in_channels"]),
                        num_classes=int(meta["num_classes"]))
     if priors is not None:
-        bayesianize(model, match_priors(model, priors), init="xavier")
+        bayesianize(model, match_priors(model, priors), init="xavier",
+                    posterior=meta.get("posterior", "gaussian"))
     model.to(map_location)
     try:
         load_model(model, str(path), strict=True, device=str(map_location))

@@ -60,7 +60,15 @@ def train_bnn(
         None, "--init",
         help="Posterior means from 'prior' samples or 'xavier' (default: prior for dwp/mvn).",
     ),
-    log_sigma2_init: float = typer.Option(-10.0, "--log-sigma2-init", help="Initial log sigma^2."),
+    log_sigma2_init: float = typer.Option(
+        -10.0, "--log-sigma2-init", help="Initial log sigma^2 (gaussian posterior)."
+    ),
+    posterior: str = typer.Option(
+        "auto", "--posterior",
+        help="q(w) parameterisation: 'gaussian' (free log sigma^2), 'truncated-alpha' "
+        "(sigma^2 = alpha mu^2, alpha < 1, as the paper's log-uniform baseline) or 'auto' "
+        "(truncated-alpha for lu, gaussian otherwise).",
+    ),
     ensemble: int = typer.Option(10, "--ensemble", help="Weight samples in the test ensemble."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, decayed linearly to 0."),
     batch_size: int | None = typer.Option(
@@ -87,14 +95,20 @@ def train_bnn(
         raise DwpError(f"--init must be 'prior' or 'xavier', got {init!r}")
     if init == "prior" and method == "log-uniform":
         raise DwpError("the log-uniform prior cannot be sampled: use --init xavier")
+    from dwp.bayes import POSTERIORS
+    from dwp.bnn import default_posterior
+
+    if posterior not in ("auto", *POSTERIORS):
+        raise DwpError(f"--posterior must be auto, {' or '.join(POSTERIORS)}; got {posterior!r}")
+    posterior = default_posterior(method) if posterior == "auto" else posterior
     dev = select_device(device)
     out = as_path(out)
     config = {
         "method": method, "prior_dir": str(prior_dir) if prior_dir else None,
         "kernels": str(kernels) if kernels else None, "n": n, "seed": seed, "steps": steps,
         "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse, "init": init,
-        "log_sigma2_init": log_sigma2_init, "ensemble": ensemble, "lr": lr,
-        "batch_size": batch_size, "device": str(dev), "test_examples": test_examples,
+        "log_sigma2_init": log_sigma2_init, "posterior": posterior, "ensemble": ensemble,
+        "lr": lr, "batch_size": batch_size, "device": str(dev), "test_examples": test_examples,
         "data_root": str(data_root) if data_root else None, "download": download,
     }
     metrics_path = out / "metrics.json"
@@ -113,8 +127,8 @@ def train_bnn(
     rec = run_classification(
         method, n, seed, train_data=train, test_data=test, steps=steps, priors=priors,
         device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse, init=init,
-        log_sigma2_init=log_sigma2_init, ensemble=ensemble, lr=lr, batch_size=batch_size,
-        show_progress=show_progress, model_path=out / "model.safetensors",
+        log_sigma2_init=log_sigma2_init, posterior=posterior, ensemble=ensemble, lr=lr,
+        batch_size=batch_size, show_progress=show_progress, model_path=out / "model.safetensors",
     )
     rec["test_examples"] = len(test)
     if rec.get("layers"):
