@@ -27,7 +27,11 @@ def _net(seed: int) -> nn.Module:
     )
 
 
-def test_batched_equals_alone_in_deterministic_mode():
+@pytest.mark.parametrize("kernel_subsample", [None, 5])
+def test_batched_equals_alone_in_deterministic_mode(kernel_subsample):
+    """Also with a subsampled KL: the batched trainer draws the same kernel subsets from the
+    same generator as each single run (the 108 1x1 kernels of the linear layer are subsampled,
+    the 3 conv kernels are computed exactly)."""
     torch.manual_seed(0)
     m, n = 3, 12
     x = torch.randn(m, n, 1, 8, 8)
@@ -38,10 +42,10 @@ def test_batched_equals_alone_in_deterministic_mode():
     assert not torch.equal(alone[0][0].weight_mu, alone[1][0].weight_mu)
     for i, net in enumerate(alone):
         with sampling(net, "mean"):
-            train_bnn(net, x[i], y[i], steps=10, lr=3e-2)
+            train_bnn(net, x[i], y[i], steps=10, lr=3e-2, kernel_subsample=kernel_subsample)
     for net in together:
         net[0].mode = net[4].mode = "mean"
-    train_bnn_batched(together, x, y, steps=10, lr=3e-2)
+    train_bnn_batched(together, x, y, steps=10, lr=3e-2, kernel_subsample=kernel_subsample)
     assert (alone[0][0].weight_mu - start).abs().max() > 0.05  # training moved the weights
     for a, b in zip(alone, together, strict=True):
         for (ka, pa), (kb, pb) in zip(a.state_dict().items(), b.state_dict().items(),

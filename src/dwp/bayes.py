@@ -143,24 +143,36 @@ class _BayesLayer(nn.Module):
         ) if generator is not None else torch.randn_like(self.weight_mu)
         return self.weight_mu + torch.sqrt(self.weight_var()) * eps
 
+    def num_kernels(self) -> int:
+        """How many single kernels this layer's weights hold (out * in/groups for a conv)."""
+        kh, kw = self._kernel_hw()
+        return self.weight_mu.numel() // (kh * kw)
+
     def kl(
-        self, kernel_subsample: int | None = None, generator: torch.Generator | None = None
+        self,
+        kernel_subsample: int | None = None,
+        generator: torch.Generator | None = None,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """This layer's KL(q || p) (or its auxiliary upper bound), a scalar in nats.
 
         ``kernel_subsample = m`` estimates it unbiasedly from m kernels drawn uniformly without
-        replacement, rescaled by n / m (n = number of kernels). Zero without a prior.
+        replacement, rescaled by n / m (n = number of kernels). ``index`` (m,) gives those
+        kernels instead of drawing them (e.g. one draw shared by nets trained together under
+        ``vmap``). Zero without a prior.
         """
         if self.prior is None:
             return self.weight_mu.new_zeros(())
         mu, log_var = self.kernels()
         n = mu.shape[0]
-        if kernel_subsample is not None and kernel_subsample < n:
+        if index is None and kernel_subsample is not None and kernel_subsample < n:
             if kernel_subsample < 1:
                 raise DwpError(f"kernel_subsample must be >= 1, got {kernel_subsample}")
-            idx = torch.randperm(n, generator=generator)[:kernel_subsample].to(mu.device)
-            terms = self.prior.kl(mu[idx], log_var[idx], self.reverse)
-            return terms.sum() * (n / kernel_subsample)
+            index = torch.randperm(n, generator=generator)[:kernel_subsample]
+        if index is not None:
+            index = index.to(mu.device)
+            terms = self.prior.kl(mu[index], log_var[index], self.reverse)
+            return terms.sum() * (n / index.shape[0])
         return self.prior.kl(mu, log_var, self.reverse).sum()
 
     # -- forward ---------------------------------------------------------------------------
@@ -311,20 +323,41 @@ def kl(
     model: nn.Module,
     kernel_subsample: int | None = None,
     generator: torch.Generator | None = None,
+    indices: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sum of every variational layer's KL term (or auxiliary bound), a differentiable scalar.
 
     ``kernel_subsample = m``: per layer an unbiased estimate from m uniformly drawn kernels
-    rescaled by n / m (layers with at most m kernels are computed exactly).
+    rescaled by n / m (layers with at most m kernels are computed exactly). ``indices``:
+    ``{layer name: (m,) kernel indices}`` to use instead of drawing (see
+    :func:`draw_kernel_indices`); layers not named are computed exactly.
     """
     total = None
-    for _, layer in bayes_layers(model):
-        term = layer.kl(kernel_subsample, generator)
+    for name, layer in bayes_layers(model):
+        if indices is not None:
+            term = layer.kl(index=indices.get(name))
+        else:
+            term = layer.kl(kernel_subsample, generator)
         total = term if total is None else total + term
     if total is None:
         p = next(iter(model.parameters()), None)
         return torch.zeros(()) if p is None else p.new_zeros(())
     return total
+
+
+def draw_kernel_indices(
+    model: nn.Module, kernel_subsample: int, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Per variational layer with more than ``kernel_subsample`` kernels, a uniform draw of that
+    many kernel indices without replacement: ``{layer name: (m,) LongTensor}`` (CPU)."""
+    if kernel_subsample < 1:
+        raise DwpError(f"kernel_subsample must be >= 1, got {kernel_subsample}")
+    out = {}
+    for name, layer in bayes_layers(model):
+        n = layer.num_kernels()
+        if layer.prior is not None and kernel_subsample < n:
+            out[name] = torch.randperm(n, generator=generator)[:kernel_subsample]
+    return out
 
 
 def elbo_loss(

@@ -318,6 +318,45 @@ def match_priors(model: nn.Module, priors: Any) -> Any:
     return by_k
 
 
+def build_bayes_model(
+    method: str,
+    seed: int,
+    make_model: Callable[[], nn.Module],
+    priors: Any,
+    *,
+    device: torch.device,
+    init: str | None = None,
+    log_sigma2_init: float = -10.0,
+    posterior: str | None = None,
+    freeze_reverse: bool = False,
+) -> tuple[nn.Module, dict[str, Any], torch.Generator]:
+    """Seed, build and bayesianize one model of a Bayesian method (as :func:`run_classification`).
+
+    Returns the model (on ``device``), the settings used (``init``, ``posterior``,
+    ``log_sigma2_init``, ``freeze_reverse``, ``layers``: the per-layer report) and the CPU
+    generator seeded with ``seed`` that training goes on drawing from.
+    """
+    from dwp.bayes import bayesianize
+    from dwp.runtime import seed_everything
+
+    if priors is None:
+        raise DwpError(f"method {method} needs priors (see resolve_priors)")
+    g = seed_everything(seed)
+    model = make_model()
+    if init is None:
+        init = "prior" if method in ("dwp", "fitted-gaussian") else "xavier"
+    posterior = posterior or default_posterior(method)
+    report = bayesianize(model, match_priors(model, priors), init=init,
+                         log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
+                         posterior=posterior,
+                         generator=torch.Generator(device=device).manual_seed(seed)
+                         if device.type != "cpu" else g)
+    model.to(device)
+    settings = {"init": init, "posterior": posterior, "log_sigma2_init": log_sigma2_init,
+                "freeze_reverse": freeze_reverse, "layers": report}
+    return model, settings, g
+
+
 def run_classification(
     method: str,
     n: int,
@@ -355,7 +394,6 @@ def run_classification(
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
     and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
     """
-    from dwp.bayes import bayesianize
     from dwp.data import class_balanced_subset
     from dwp.nets import FConvMNIST, xavier_init_
     from dwp.runtime import seed_everything
@@ -385,25 +423,14 @@ def run_classification(
         rec.update(weight_decay=wd, validation=scores, final_train_loss=hist["loss"],
                    ensemble=1)
     else:
-        if priors is None:
-            raise DwpError(f"method {method} needs priors (see resolve_priors)")
-        g = seed_everything(seed)
-        model = make_model()
-        if init is None:
-            init = "prior" if method in ("dwp", "fitted-gaussian") else "xavier"
-        posterior = posterior or default_posterior(method)
-        report = bayesianize(model, match_priors(model, priors), init=init,
-                             log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
-                             posterior=posterior,
-                             generator=torch.Generator(device=device).manual_seed(seed)
-                             if device.type != "cpu" else g)
-        model.to(device)
+        model, settings, g = build_bayes_model(
+            method, seed, make_model, priors, device=device, init=init,
+            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
         hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
                          kernel_subsample=kernel_subsample, generator=g,
                          show_progress=show_progress)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
-        rec.update(init=init, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
-                   log_sigma2_init=log_sigma2_init, posterior=posterior, layers=report,
+        rec.update(settings, kernel_subsample=kernel_subsample,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
     if model_path is not None:
         save_bnn(model, model_path, method=method, widths=widths, in_channels=in_ch,

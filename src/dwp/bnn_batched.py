@@ -8,7 +8,8 @@ passes (``sampling(model, "mean")``) and closed-form KLs the result equals train
 alone up to float rounding (``tests/test_bnn_batched.py``); with sampling, each net draws its own
 noise (``randomness="different"``), so the random streams differ from single runs.
 
-Kernel subsampling is not supported here (use it in :func:`dwp.bnn.train_bnn`).
+With ``kernel_subsample`` every step draws one random subset of kernels per layer, shared by
+all nets: each net's KL estimate is still unbiased.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from dwp.bayes import bayes_layers, elbo_loss, kl
+from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
 from dwp.bnn import resolve_batch_size
 from dwp.runtime import DwpError, progress
 
@@ -35,8 +36,10 @@ class _NegElbo(nn.Module):
         self.model = model
         self.n_train = n_train
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return elbo_loss(self.model(x), y, kl(self.model), self.n_train)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return elbo_loss(self.model(x), y, kl(self.model, indices=indices), self.n_train)
 
 
 def train_bnn_batched(
@@ -47,6 +50,7 @@ def train_bnn_batched(
     steps: int,
     lr: float = 1e-3,
     batch_size: int | None = None,
+    kernel_subsample: int | None = None,
     generator: torch.Generator | None = None,
     randomness: str = "different",
     show_progress: bool = False,
@@ -78,11 +82,11 @@ def train_bnn_batched(
     frozen = {k: v.detach() for k, v in params.items() if not v.requires_grad}
     base = copy.deepcopy(wrappers[0])
 
-    def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, ({**p, **b}), (xb, yb))
+    def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
+        return functional_call(base, ({**p, **b}), (xb, yb, ind or None))
 
     in_x = None if shared else 0
-    f = vmap(one, in_dims=(0, 0, in_x, in_x), randomness=randomness)
+    f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
     opt = torch.optim.Adam(list(trainable.values()), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
     perm, pos = torch.randperm(n, generator=g), 0
@@ -98,8 +102,11 @@ def train_bnn_batched(
         idx = idx.to(device)
         xb = x[idx] if shared else x[:, idx]
         yb = y[idx] if shared else y[:, idx]
+        ind = {} if kernel_subsample is None else {
+            k: v.to(device)
+            for k, v in draw_kernel_indices(models[0], kernel_subsample, g).items()}
         opt.zero_grad(set_to_none=True)
-        per_net = f({**trainable, **frozen}, buffers, xb, yb)
+        per_net = f({**trainable, **frozen}, buffers, xb, yb, ind)
         if not torch.isfinite(per_net).all():
             raise DwpError("a loss became non-finite in batched training: lower the lr")
         per_net.sum().backward()
@@ -111,3 +118,84 @@ def train_bnn_batched(
             state = {k: v[i] for k, v in {**trainable, **frozen, **buffers}.items()}
             w.load_state_dict(state, strict=True)
     return {"loss": losses.tolist(), "steps": steps, "seconds": time.perf_counter() - t0}
+
+
+def run_classification_seeds(
+    method: str,
+    n: int,
+    seeds: Sequence[int],
+    *,
+    train_data: Any,
+    test_data: Any,
+    steps: int,
+    priors: Any,
+    device: torch.device | str = "cpu",
+    kernel_subsample: int | None = None,
+    freeze_reverse: bool = False,
+    init: str | None = None,
+    log_sigma2_init: float = -10.0,
+    posterior: str | None = None,
+    ensemble: int = 10,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    widths: Sequence[int] = (32, 128),
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once.
+
+    Each seed gets its own class-balanced subset of ``n`` images and its own model, built and
+    initialised exactly as a single run does; the models are then trained together by
+    :func:`train_bnn_batched` (their own LRT / KL noise per net, one kernel subset per step
+    shared by all nets) and evaluated one by one. Returns one record per seed, in order, with
+    the fields of a single run plus ``batched`` (how many nets trained together); ``seconds``
+    is the group's wall time divided by the number of nets. Bayesian methods only.
+    """
+    from dwp.bnn import build_bayes_model, canonical_method, evaluate
+    from dwp.data import class_balanced_subset
+    from dwp.nets import FConvMNIST, xavier_init_
+
+    method = canonical_method(method)
+    if method == "deterministic":
+        raise DwpError("run_classification_seeds trains Bayesian methods; the deterministic "
+                       "baseline chooses its weight decay per run (use run_classification)")
+    if not seeds:
+        raise DwpError("run_classification_seeds needs at least one seed")
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    models, xs, ys, settings = [], [], [], {}
+    for seed in seeds:
+        idx = class_balanced_subset(train_data.labels, n, seed)
+        xs.append(train_data.images[idx])
+        ys.append(train_data.labels[idx])
+
+        def make_model() -> nn.Module:
+            return xavier_init_(FConvMNIST(widths, in_channels=xs[0].shape[1],
+                                           num_classes=train_data.num_classes)).to(device)
+
+        model, settings, _ = build_bayes_model(
+            method, seed, make_model, priors, device=device, init=init,
+            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
+        models.append(model)
+    x, y = torch.stack(xs), torch.stack(ys)
+    train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,
+                      kernel_subsample=kernel_subsample,
+                      generator=torch.Generator().manual_seed(int(seeds[0])),
+                      show_progress=show_progress)
+    records = []
+    for i, (seed, model) in enumerate(zip(seeds, models, strict=True)):
+        with torch.no_grad():
+            model.train()
+            xi, yi = x[i].to(device), y[i].to(device)
+            final_nll = torch.nn.functional.cross_entropy(model(xi), yi).item()
+            final_kl = kl(model).item()
+        metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
+        rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,
+                               "device": str(device), "ensemble": ensemble}
+        rec.update(settings, kernel_subsample=kernel_subsample, final_train_nll=final_nll,
+                   final_kl=final_kl, batched=len(models))
+        rec.update(metrics)
+        records.append(rec)
+    seconds = (time.perf_counter() - t0) / len(models)
+    for rec in records:
+        rec["seconds"] = seconds
+    return records

@@ -185,6 +185,11 @@ def experiment_classification(
         False, "--freeze-reverse/--train-reverse", help="Freeze r(z|w) (the paper's code)."
     ),
     ensemble: int = typer.Option(10, "--ensemble", help="Weight samples in the test ensemble."),
+    batch_seeds: bool = typer.Option(
+        True, "--batch-seeds/--one-at-a-time",
+        help="Train all missing seeds of a (method, N) cell at once in one vmapped computation "
+        "(Bayesian methods; a killed cell reruns whole), or each run alone.",
+    ),
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
     test_examples: int | None = TestExamples,
     device: str = Device,
@@ -243,19 +248,31 @@ def experiment_classification(
     todo = [(m, n, s) for n in size_list for m in method_list for s in seed_list
             if (m, n, s) not in done]
     typer.echo(f"{len(done)} runs done, {len(todo)} to go -> {results}", err=True)
-    for m, n, s in progress(todo, desc="grid", enabled=show_progress):
-        rec = run_classification(
-            m, n, s, train_data=train, test_data=test, steps=steps, priors=priors[m],
-            device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse,
-            ensemble=ensemble,
-        )
-        rec.pop("layers", None)
-        rec.pop("validation", None)
-        if note:
-            rec["note"] = note
-        if test_examples is not None:
-            rec["test_examples"] = len(test)
-        append_jsonl(results, rec)
+    # one unit of work: a single run, or every missing seed of a Bayesian (method, N) cell
+    units: list[tuple[str, int, list[int]]] = []
+    for m, n, s in todo:
+        if batch_seeds and m != "deterministic" and units and units[-1][:2] == (m, n):
+            units[-1][2].append(s)
+        else:
+            units.append((m, n, [s]))
+    common = {"train_data": train, "test_data": test, "steps": steps, "device": dev,
+              "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse,
+              "ensemble": ensemble}
+    for m, n, group in progress(units, desc="grid", enabled=show_progress):
+        if len(group) > 1:
+            from dwp.bnn_batched import run_classification_seeds
+
+            recs = run_classification_seeds(m, n, group, priors=priors[m], **common)
+        else:
+            recs = [run_classification(m, n, group[0], priors=priors[m], **common)]
+        for rec in recs:
+            rec.pop("layers", None)
+            rec.pop("validation", None)
+            if note:
+                rec["note"] = note
+            if test_examples is not None:
+                rec["test_examples"] = len(test)
+            append_jsonl(results, rec)
     rows = [r for r in read_jsonl(results) if r["method"] in method_list]
     table = summary_table(rows)
     atomic_write_text(out / "summary.md", table + "\n")
