@@ -261,7 +261,7 @@ def test_seed_batched_runs_match_single_runs_in_distribution(data_root):
 
     train = load_dataset("mnist", "train", data_root)
     test = load_dataset("mnist", "test", data_root).subset(torch.arange(300))
-    kw = {"train_data": train, "test_data": test, "steps": 150, "priors": StandardNormal(),
+    kw = {"train_data": train, "test_data": test, "steps": 100, "priors": StandardNormal(),
           "ensemble": 2, "lr": 3e-3}
     together = run_classification_seeds("sn", 30, [0, 1], **kw)
     alone = [run_classification("sn", 30, s, **kw) for s in (0, 1)]
