@@ -15,7 +15,8 @@ CPU, small (BENCHMARKS.md "Source nets")::
 H100 acceptance rows (paper config: 256/512, 100 epochs)::
 
     python benchmarks/source_nets.py --nets 10 --widths 256 512 --epochs 100 --modes batched
-    python benchmarks/source_nets.py --nets 100 --widths 256 512 --epochs 100 --modes batched
+    python benchmarks/source_nets.py --nets 100 --widths 256 512 --epochs 100 --modes batched \
+        --precision bf16
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     for group in groups:
         model = BatchedModel(factory, group, device=device)
-        trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2, chunk_size=chunk)
+        trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2, chunk_size=chunk,
+                                 precision=args.precision)
         for epoch in range(args.epochs):
             trainer.train_epoch(x, y, epoch, batch_size=args.batch_size)
         accs += evaluate_accuracy(model, xt, yt).tolist()
@@ -83,7 +85,7 @@ def run_mode(args: argparse.Namespace) -> dict:
         "chunk_size": chunks[0], "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "precision": args.precision,
     }
 
 
@@ -97,6 +99,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-examples", type=int, default=None)
     p.add_argument("--chunk-size", default="auto", help="'auto', 'all' or an integer")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="forward/backward arithmetic (see dwp train-source --precision)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))

@@ -204,6 +204,32 @@ def test_trainer_state_dict_roundtrip():
         BatchedModel(_fconv_factory, []).n  # noqa: B018
 
 
+def test_bf16_autocast_trains_close_to_fp32_with_float32_master_weights():
+    """bf16 changes the arithmetic of forward/backward only: same data order and init, the nets
+    end near the fp32 ones (bf16 has ~3 significant digits), parameters and Adam stay fp32."""
+    torch.manual_seed(0)
+    x, y = torch.rand(48, 1, 28, 28), torch.randint(0, 10, (48,))
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model = BatchedModel(_fconv_factory, [5, 6])
+        trainer = BatchedTrainer(model, lr=3e-3, epochs=2, l2=1e-3, precision=precision)
+        losses = [trainer.train_epoch(x, y, e, batch_size=16)["loss"] for e in range(2)]
+        assert all(p.dtype == torch.float32 for p in model.params.values())
+        out[precision] = (model.net(0).state_dict(), losses)
+    start = build_seeded(_fconv_factory, 5).state_dict()
+    ref, got = out["fp32"][0], out["bf16"][0]
+    for key, value in ref.items():
+        moved = (value - start[key]).abs().max()
+        assert (got[key] - value).abs().max() < 0.25 * moved + 1e-3, key
+    assert torch.allclose(torch.tensor(out["bf16"][1]), torch.tensor(out["fp32"][1]), rtol=0.05)
+    with pytest.raises(DwpError, match="precision"):
+        BatchedTrainer(model, precision="fp16")
+    with pytest.raises(DwpError, match="precision"):
+        SourceConfig(precision="half").resolved()
+    assert "precision" not in SourceConfig().record()  # fp32 runs made before the flag resume
+    assert SourceConfig(precision="bf16").record()["precision"] == "bf16"
+
+
 def test_chunk_size_validation():
     model = BatchedModel(_fconv_factory, [0])
     with pytest.raises(DwpError):

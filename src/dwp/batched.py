@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -356,6 +357,34 @@ def l2_penalty(params: dict[str, torch.Tensor], keys: Iterable[str]) -> torch.Te
     return torch.stack(terms).sum(0)
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextmanager
+def autocast_for(precision: str, device: torch.device) -> Iterator[None]:
+    """Autocast the block's forward pass to bfloat16 for ``"bf16"``; nothing otherwise."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def tf32_for(precision: str, device: torch.device) -> Iterator[None]:
+    """Allow TensorFloat-32 CUDA matmuls/convolutions in the block (forward and backward) for
+    ``"tf32"``; the previous flags are restored on exit. Nothing otherwise or on CPU."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class BatchedTrainer:
     """Adam + linear lr decay + L2-in-the-loss training of a :class:`BatchedModel`.
 
@@ -375,6 +404,10 @@ class BatchedTrainer:
         ``(logits (n, B, C), targets (n, B)) -> per-net loss (n,)``; default mean cross-entropy.
     betas, eps:
         Adam's hyperparameters (PyTorch defaults).
+    precision:
+        Arithmetic of the forward/backward passes (parameters, gradients and Adam stay
+        float32): ``"fp32"`` (default), ``"tf32"`` (CUDA matmuls/convolutions in TensorFloat-32;
+        no effect on CPU) or ``"bf16"`` (``torch.autocast`` to bfloat16; the loss in float32).
     """
 
     def __init__(
@@ -388,7 +421,11 @@ class BatchedTrainer:
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise DwpError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision
         if epochs < 1:
             raise DwpError(f"epochs must be >= 1, got {epochs}")
         if isinstance(chunk_size, str) and chunk_size != "auto":
@@ -426,10 +463,14 @@ class BatchedTrainer:
             sl = slice(start, min(model.n, start + chunk))
             views, bufs = model.chunk(sl)
             leaves = {k: v.detach().requires_grad_(True) for k, v in views.items()}
-            logits = model.forward(x[sl], params=leaves, buffers=bufs, train=True, shared=False)
-            data = self.loss_fn(logits, y[sl])
-            loss = data + self.l2 * l2_penalty(leaves, self.l2_keys) if self.l2 else data
-            loss.sum().backward()
+            with tf32_for(self.precision, x.device):
+                with autocast_for(self.precision, x.device):
+                    logits = model.forward(x[sl], params=leaves, buffers=bufs, train=True,
+                                           shared=False)
+                logits = logits.float()
+                data = self.loss_fn(logits, y[sl])
+                loss = data + self.l2 * l2_penalty(leaves, self.l2_keys) if self.l2 else data
+                loss.sum().backward()
             for k, p in model.params.items():
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)

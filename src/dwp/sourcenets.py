@@ -29,7 +29,13 @@ from typing import Any
 import torch
 
 from dwp import __version__
-from dwp.batched import BatchedModel, BatchedTrainer, _seed_int, evaluate_accuracy
+from dwp.batched import (
+    PRECISIONS,
+    BatchedModel,
+    BatchedTrainer,
+    _seed_int,
+    evaluate_accuracy,
+)
 from dwp.nets import (
     CIFAR_SOURCE_WIDTHS,
     FCONV_SOURCE_WIDTHS,
@@ -80,6 +86,7 @@ class SourceConfig:
     seed: int = 0
     train_examples: int | None = None
     chunk_size: str = "auto"
+    precision: str = "fp32"
     checkpoint_every: int = 1
     device: str = "auto"
     data_root: str | None = None
@@ -105,6 +112,9 @@ class SourceConfig:
                 raise DwpError(f"--{name.replace(' ', '-')} must be >= 1, got {value}")
         if cfg.lr <= 0 or cfg.l2 < 0:
             raise DwpError(f"need --lr > 0 and --l2 >= 0, got lr={cfg.lr}, l2={cfg.l2}")
+        if cfg.precision not in PRECISIONS:
+            raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                           f"got {cfg.precision!r}")
         if cfg.chunk_size != "auto":
             try:
                 if int(cfg.chunk_size) < 1:
@@ -120,9 +130,12 @@ class SourceConfig:
         return [_seed_int(self.seed, i) for i in range(self.nets)]
 
     def record(self) -> dict[str, Any]:
-        """The config as written to ``config.json``."""
+        """The config as written to ``config.json`` (``precision`` only when not fp32, so run
+        folders made before that option existed still resume)."""
         out = asdict(self)
         out.pop("extra")
+        if out["precision"] == "fp32":
+            out.pop("precision")
         return out
 
 
@@ -216,7 +229,8 @@ def train_source_nets(
     factory = net_factory(cfg.arch, cfg.widths, x_tr.shape[1], num_classes, cfg.width_factor)
     model = BatchedModel(factory, cfg.net_seeds(), device=device)
     chunk = cfg.chunk_size if cfg.chunk_size == "auto" else int(cfg.chunk_size)
-    trainer = BatchedTrainer(model, lr=cfg.lr, epochs=cfg.epochs, l2=cfg.l2, chunk_size=chunk)
+    trainer = BatchedTrainer(model, lr=cfg.lr, epochs=cfg.epochs, l2=cfg.l2, chunk_size=chunk,
+                             precision=cfg.precision)
     epochs_done = _load_checkpoint(out, trainer)
     rows = _trim_metrics(out, epochs_done)
 

@@ -72,6 +72,11 @@ def train_source(
         help="Nets per forward/backward: 'auto' fits the free memory, or an integer. "
         "Does not change results.",
     ),
+    precision: str = typer.Option(
+        "fp32", "--precision",
+        help="Forward/backward arithmetic: fp32, tf32 (CUDA TensorFloat-32) or bf16 (autocast; "
+        "parameters and Adam stay float32). bf16/tf32 are for GPUs: much faster there.",
+    ),
     checkpoint_every: int = typer.Option(
         1, "--checkpoint-every", help="Write the resume checkpoint every N epochs."
     ),
@@ -95,7 +100,8 @@ def train_source(
         dataset=dataset, arch=arch, widths=parse_widths(widths, list(ctx.args)),
         width_factor=width_factor, nets=nets, epochs=epochs, lr=lr, l2=l2,
         batch_size=batch_size, seed=seed, train_examples=train_examples,
-        chunk_size=chunk_size, checkpoint_every=checkpoint_every, device=device,
+        chunk_size=chunk_size, precision=precision, checkpoint_every=checkpoint_every,
+        device=device,
         data_root=str(as_path(data_root)) if data_root else None, download=download,
         progress=show_progress,
     )
