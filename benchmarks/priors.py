@@ -65,15 +65,18 @@ def main() -> None:
     ap.add_argument("--epochs7", type=int, default=300)
     ap.add_argument("--epochs5", type=int, default=300)
     ap.add_argument("--skip5", action="store_true")
+    ap.add_argument("--skip7", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="append the rows to this JSON list")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    w7 = load_kernel_file(args.kernels7)["train"] if args.kernels7 else synthetic(args.n7, 7)
-    rows = [{"case": "7x7", "source": str(args.kernels7 or "synthetic"),
-             **time_case(w7, args.epochs7, device)}]
+    rows = []
+    if not args.skip7:
+        w7 = load_kernel_file(args.kernels7)["train"] if args.kernels7 else synthetic(args.n7, 7)
+        rows.append({"case": "7x7", "source": str(args.kernels7 or "synthetic"),
+                     **time_case(w7, args.epochs7, device)})
     if not args.skip5:
         w5 = load_kernel_file(args.kernels5)["train"] if args.kernels5 else synthetic(args.n5, 5)
         row = {"case": "5x5", "source": str(args.kernels5 or "synthetic"),
