@@ -234,14 +234,14 @@ def test_log_uniform_uses_truncated_alpha_posterior_and_reloads(tmp_path, data_r
 
 
 def test_experiment_classification_batches_seeds(tmp_path, data_root):
-    """With --batch-seeds (default) the seeds of a cell train together and are recorded apart."""
+    """With --batch-seeds the seeds of a cell train together and are recorded apart."""
     from dwp.cli import main
     from dwp.runtime import read_jsonl
 
     base = ["experiment", "classification", "--out", str(tmp_path), "--sizes", "20",
             "--steps", "3", "--ensemble", "2", "--test-examples", "100", "--device", "cpu",
             "--data-root", str(data_root), "--no-progress"]
-    assert main([*base, "--methods", "sn,lu", "--seeds", "0-2"]) == 0
+    assert main([*base, "--methods", "sn,lu", "--seeds", "0-2", "--batch-seeds"]) == 0
     rows = read_jsonl(tmp_path / "results.jsonl")
     assert sorted((r["method"], r["seed"]) for r in rows) == [
         (m, s) for m in ("log-uniform", "standard-normal") for s in range(3)]

@@ -185,10 +185,11 @@ def experiment_classification(
         False, "--freeze-reverse/--train-reverse", help="Freeze r(z|w) (the paper's code)."
     ),
     ensemble: int = typer.Option(10, "--ensemble", help="Weight samples in the test ensemble."),
-    batch_seeds: bool = typer.Option(
-        True, "--batch-seeds/--one-at-a-time",
+    batch_seeds: bool | None = typer.Option(
+        None, "--batch-seeds/--one-at-a-time",
         help="Train all missing seeds of a (method, N) cell at once in one vmapped computation "
-        "(Bayesian methods; a killed cell reruns whole), or each run alone.",
+        "(Bayesian methods; a killed cell reruns whole), or each run alone. Default: batched "
+        "on CUDA, one at a time on CPU (where vmapped convolutions are slower: BENCHMARKS.md).",
     ),
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
     test_examples: int | None = TestExamples,
@@ -249,6 +250,8 @@ def experiment_classification(
             if (m, n, s) not in done]
     typer.echo(f"{len(done)} runs done, {len(todo)} to go -> {results}", err=True)
     # one unit of work: a single run, or every missing seed of a Bayesian (method, N) cell
+    if batch_seeds is None:
+        batch_seeds = dev.type == "cuda"
     units: list[tuple[str, int, list[int]]] = []
     for m, n, s in todo:
         if batch_seeds and m != "deterministic" and units and units[-1][:2] == (m, n):

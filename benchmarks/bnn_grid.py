@@ -1,0 +1,102 @@
+"""Speed of one classification-grid cell: S seeds trained together (vmap) vs one at a time.
+
+Both sides run the same Bayesian method on the same S class-balanced MNIST subsets of N images
+with the same step count, in this process one after the other (same machine state), through the
+code the grid uses: ``dwp.bnn_batched.run_classification_seeds`` and
+``dwp.bnn.run_classification``. Evaluation uses ``--test-examples`` test images (default 1,000)
+so that training dominates. Prints and appends one JSON line with both wall times, their
+ratio, peak memory (CUDA: max allocated per side; CPU: process max RSS at the end) and the mean
+accuracies (which agree only in distribution: the random streams differ).
+
+    python benchmarks/bnn_grid.py --method sn --n 50 --seeds 4 --steps 200 --device cpu
+    python benchmarks/bnn_grid.py --method dwp --prior-dir PRIOR --kernel-subsample 512 \\
+        --n 50 --seeds 10 --steps 10000 --device cuda     # one cell of the paper's grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from dwp.bnn import canonical_method, resolve_priors, run_classification
+from dwp.bnn_batched import run_classification_seeds
+from dwp.data import load_dataset
+from dwp.runtime import select_device
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="sn")
+    ap.add_argument("--prior-dir", default=None)
+    ap.add_argument("--kernels", default=None, help="kernel set (fitted-gaussian)")
+    ap.add_argument("--kernel-subsample", type=int, default=None)
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--ensemble", type=int, default=10)
+    ap.add_argument("--test-examples", type=int, default=1000)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = select_device(args.device)
+    method = canonical_method(args.method)
+    priors = resolve_priors(method, args.prior_dir, args.kernels, map_location=dev)
+    train = load_dataset("mnist", "train", args.data_root)
+    test = load_dataset("mnist", "test", args.data_root)
+    test = test.subset(torch.arange(min(args.test_examples, len(test))))
+    seeds = list(range(args.seeds))
+    kw = {"train_data": train, "test_data": test, "steps": args.steps, "priors": priors,
+          "device": dev, "kernel_subsample": args.kernel_subsample, "ensemble": args.ensemble}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    out = {}
+    for side in ("batched", "one_at_a_time"):
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        if side == "batched":
+            recs = run_classification_seeds(method, args.n, seeds, **kw)
+        else:
+            recs = [run_classification(method, args.n, s, **kw) for s in seeds]
+        sync()
+        out[side] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "mean_accuracy": round(sum(r["accuracy"] for r in recs) / len(recs), 4),
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated() if dev.type == "cuda"
+                                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                     * 1024),
+        }
+    row = {"date": datetime.date.today().isoformat(), "device": str(dev),
+           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
+           else platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
+           "n": args.n, "seeds": args.seeds, "steps": args.steps,
+           "kernel_subsample": args.kernel_subsample, "test_examples": len(test), **out,
+           "speedup": round(out["one_at_a_time"]["seconds"] / out["batched"]["seconds"], 3),
+           "load_avg_1min": os.getloadavg()[0]}
+    print(json.dumps(row))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
