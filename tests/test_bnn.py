@@ -269,3 +269,20 @@ def test_seed_batched_runs_match_single_runs_in_distribution(data_root):
         assert a["seed"] == b["seed"] and a["init"] == b["init"] == "xavier"
         assert b["final_train_nll"] < 0.5 and a["final_train_nll"] < 0.5  # both fit the 30 images
         assert abs(a["accuracy"] - b["accuracy"]) < 0.1
+
+
+def test_seed_batched_dwp_runs_with_subsampled_bound(data_root):
+    """The deep weight prior (auxiliary bound, trained reverse models) trains under vmap."""
+    from dwp.bnn_batched import run_classification_seeds
+    from dwp.data import load_dataset
+    from dwp.priors import KernelVAE
+
+    torch.manual_seed(0)
+    priors = {"conv1": KernelVAE(7, hidden=8), "conv2": KernelVAE(5, hidden=8)}
+    train = load_dataset("mnist", "train", data_root)
+    test = load_dataset("mnist", "test", data_root).subset(torch.arange(50))
+    recs = run_classification_seeds("dwp", 20, [0, 1], train_data=train, test_data=test,
+                                    steps=3, priors=priors, kernel_subsample=8, ensemble=1,
+                                    lr=1e-2)
+    assert [r["seed"] for r in recs] == [0, 1] and all(r["batched"] == 2 for r in recs)
+    assert all(r["init"] == "prior" and math.isfinite(r["final_kl"]) for r in recs)
