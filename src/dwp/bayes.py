@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dwp.priors.base import KernelPrior
+from dwp.priors.loguniform import MU2_FLOOR
 from dwp.runtime import DwpError
 
 MODES = ("lrt", "sample", "fixed", "mean")
@@ -35,7 +36,6 @@ INITS = ("xavier", "prior", "copy")
 #: How q(w) = N(mu, sigma^2) is parameterised (see :class:`_BayesLayer`).
 POSTERIORS = ("gaussian", "truncated-alpha")
 _VAR_EPS = 1e-8  # added to the LRT variance before the square root (finite gradients)
-_MU2_FLOOR = 1e-16  # added to mu^2 before its log (the same floor as dwp.priors.loguniform)
 
 
 class _BayesLayer(nn.Module):
@@ -128,7 +128,7 @@ class _BayesLayer(nn.Module):
         """
         if self.posterior == "gaussian":
             return self.log_sigma2
-        return F.logsigmoid(self.alpha_logit) + torch.log(self.weight_mu.square() + _MU2_FLOOR)
+        return F.logsigmoid(self.alpha_logit) + torch.log(self.weight_mu.square() + MU2_FLOOR)
 
     def kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior means and log-variances as a batch of kernels, each (n, kh, kw)."""
@@ -166,9 +166,7 @@ class _BayesLayer(nn.Module):
         mu, log_var = self.kernels()
         n = mu.shape[0]
         if index is None and kernel_subsample is not None and kernel_subsample < n:
-            if kernel_subsample < 1:
-                raise DwpError(f"kernel_subsample must be >= 1, got {kernel_subsample}")
-            index = torch.randperm(n, generator=generator)[:kernel_subsample]
+            index = _subsample_index(n, kernel_subsample, generator)
         if index is not None:
             index = index.to(mu.device)
             terms = self.prior.kl(mu[index], log_var[index], self.reverse)
@@ -350,14 +348,24 @@ def draw_kernel_indices(
 ) -> dict[str, torch.Tensor]:
     """Per variational layer with more than ``kernel_subsample`` kernels, a uniform draw of that
     many kernel indices without replacement: ``{layer name: (m,) LongTensor}`` (CPU)."""
-    if kernel_subsample < 1:
-        raise DwpError(f"kernel_subsample must be >= 1, got {kernel_subsample}")
+    _check_subsample(kernel_subsample)
     out = {}
     for name, layer in bayes_layers(model):
         n = layer.num_kernels()
         if layer.prior is not None and kernel_subsample < n:
-            out[name] = torch.randperm(n, generator=generator)[:kernel_subsample]
+            out[name] = _subsample_index(n, kernel_subsample, generator)
     return out
+
+
+def _subsample_index(n: int, m: int, generator: torch.Generator | None) -> torch.Tensor:
+    """m of n kernel indices drawn uniformly without replacement (CPU LongTensor)."""
+    _check_subsample(m)
+    return torch.randperm(n, generator=generator)[:m]
+
+
+def _check_subsample(m: int) -> None:
+    if m < 1:
+        raise DwpError(f"kernel_subsample must be >= 1, got {m}")
 
 
 def elbo_loss(
