@@ -318,6 +318,19 @@ def match_priors(model: nn.Module, priors: Any) -> Any:
     return by_k
 
 
+def fconv_factory(
+    widths: Sequence[int], in_channels: int, num_classes: int, device: torch.device
+) -> Callable[[], nn.Module]:
+    """A zero-argument builder of the Xavier-initialised target FConvMNIST on ``device``."""
+    from dwp.nets import FConvMNIST, xavier_init_
+
+    def make_model() -> nn.Module:
+        return xavier_init_(FConvMNIST(widths, in_channels=in_channels,
+                                       num_classes=num_classes)).to(device)
+
+    return make_model
+
+
 def build_bayes_model(
     method: str,
     seed: int,
@@ -395,7 +408,6 @@ def run_classification(
     and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
     """
     from dwp.data import class_balanced_subset
-    from dwp.nets import FConvMNIST, xavier_init_
     from dwp.runtime import seed_everything
 
     method = canonical_method(method)
@@ -403,10 +415,7 @@ def run_classification(
     idx = class_balanced_subset(train_data.labels, n, seed)
     x, y = train_data.images[idx], train_data.labels[idx]
     in_ch = x.shape[1]
-
-    def make_model() -> nn.Module:
-        return xavier_init_(FConvMNIST(widths, in_channels=in_ch,
-                                       num_classes=train_data.num_classes)).to(device)
+    make_model = fconv_factory(widths, in_ch, train_data.num_classes, device)
 
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,

@@ -150,9 +150,8 @@ def run_classification_seeds(
     the fields of a single run plus ``batched`` (how many nets trained together); ``seconds``
     is the group's wall time divided by the number of nets. Bayesian methods only.
     """
-    from dwp.bnn import build_bayes_model, canonical_method, evaluate
+    from dwp.bnn import build_bayes_model, canonical_method, evaluate, fconv_factory
     from dwp.data import class_balanced_subset
-    from dwp.nets import FConvMNIST, xavier_init_
 
     method = canonical_method(method)
     if method == "deterministic":
@@ -162,16 +161,13 @@ def run_classification_seeds(
         raise DwpError("run_classification_seeds needs at least one seed")
     device = torch.device(device)
     t0 = time.perf_counter()
+    make_model = fconv_factory(widths, train_data.images.shape[1], train_data.num_classes,
+                               device)
     models, xs, ys, settings = [], [], [], {}
     for seed in seeds:
         idx = class_balanced_subset(train_data.labels, n, seed)
         xs.append(train_data.images[idx])
         ys.append(train_data.labels[idx])
-
-        def make_model() -> nn.Module:
-            return xavier_init_(FConvMNIST(widths, in_channels=xs[0].shape[1],
-                                           num_classes=train_data.num_classes)).to(device)
-
         model, settings, _ = build_bayes_model(
             method, seed, make_model, priors, device=device, init=init,
             log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
