@@ -8,9 +8,11 @@ import math
 
 import pytest
 import torch
+from linear_vae import exact_log_prob as exact_log_p
+from linear_vae import set_exact_posterior
 
 from dwp.experiments.gap import GapConfig, PriorReverse, importance_bounds, model_gap
-from dwp.priors.vae import KernelVAE, linear_gaussian_marginal
+from dwp.priors.vae import KernelVAE
 from dwp.runtime import DwpError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,25 +28,9 @@ def exact_linear_vae(k: int, z_dim: int, seed: int, noise: float = 0.3) -> Kerne
     vae = KernelVAE(k, z_dim=z_dim, arch="linear")
     d = k * k
     q, _ = torch.linalg.qr(torch.randn(d, z_dim, generator=g))
-    scales = torch.linspace(2.0, 0.8, z_dim)
-    a = q * scales
+    a = q * torch.linspace(2.0, 0.8, z_dim)
     b = 0.1 * torch.randn(d, generator=g)
-    s = 1.0 / (1.0 + scales.square() / noise)
-    e = (s[:, None] * a.T) / noise
-    with torch.no_grad():
-        vae.decoder.linear.weight.copy_(a)
-        vae.decoder.linear.bias.copy_(b)
-        vae.decoder.log_var.fill_(math.log(noise))
-        vae.encoder.linear.weight.copy_(e)
-        vae.encoder.linear.bias.copy_(-e @ b)
-        vae.encoder.log_var.copy_(torch.log(s))
-    return vae.requires_grad_(False)
-
-
-def exact_log_p(vae: KernelVAE, w: torch.Tensor) -> torch.Tensor:
-    loc, cov = linear_gaussian_marginal(vae)
-    dist = torch.distributions.MultivariateNormal(loc.double(), cov.double())
-    return dist.log_prob(w.flatten(1).double())
+    return set_exact_posterior(vae, a, b, torch.full((d,), noise)).requires_grad_(False)
 
 
 def kl_prior_to_posterior(vae: KernelVAE, w: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from linear_vae import exact_log_prob, set_exact_posterior
 
 from dwp.cli import main
 from dwp.priors import KernelVAE, load_prior
@@ -71,16 +72,7 @@ def _linear_vae(k=3, z=2, seed=0):
     c = torch.tensor([2.0, 0.7])[:z]
     a = torch.sqrt(s2)[:, None] * q * c
     b = 0.3 * torch.randn(d, generator=g)
-    post_var = 1 / (1 + c**2)
-    e = post_var[:, None] * (a.T / s2)
-    with torch.no_grad():
-        vae.decoder.linear.weight.copy_(a)
-        vae.decoder.linear.bias.copy_(b)
-        vae.decoder.log_var.copy_(torch.log(s2))
-        vae.encoder.linear.weight.copy_(e)
-        vae.encoder.linear.bias.copy_(-e @ b)
-        vae.encoder.log_var.copy_(torch.log(post_var))
-    return vae
+    return set_exact_posterior(vae, a, b, s2)
 
 
 def _perturbed_encoder(vae):
@@ -91,11 +83,8 @@ def _perturbed_encoder(vae):
     return enc
 
 
-@torch.no_grad()
 def _exact_log_prob(vae, w):
-    loc, cov = linear_gaussian_marginal(vae)
-    dist = torch.distributions.MultivariateNormal(loc.double(), cov.double())
-    return dist.log_prob(w.flatten(1).double()).float()
+    return exact_log_prob(vae, w).float()
 
 
 def test_linear_gaussian_iwae_approaches_closed_form_log_density():
