@@ -68,6 +68,10 @@ def train_prior(
         None, help="VAE hidden width (default: 32 for 7x7, 64 otherwise)."
     ),
     arch: str = typer.Option("auto", help="VAE architecture: auto, paper, generic, linear."),
+    train_k: int = typer.Option(
+        1, "--train-k", help="Importance samples in the VAE training objective: 1 = the ELBO "
+        "(paper), K > 1 = the K-sample IWAE bound (tighter; about K times the decoder cost).",
+    ),
     iwae_k: str = typer.Option("1,100,1000", help="IWAE sample counts for test metrics."),
     iwae_max_kernels: int = typer.Option(
         2000, help="IWAE on at most this many random test kernels (0: all)."
@@ -102,6 +106,8 @@ def train_prior(
         "max_train_kernels": max_train_kernels,
         "device": str(dev),
     }
+    if train_k != 1:  # recorded only when set, so folders from before the flag still resume
+        config["train_k"] = train_k
     prepare_run_dir(out, "train-prior", config)
     all_metrics: dict[str, dict] = {}
     for name, path in layers.items():
@@ -128,7 +134,7 @@ def train_prior(
             )
         vae_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, z_dim=z_dim,
                           hidden=hidden, arch=arch, device=dev, seed=seed,
-                          show_progress=show_progress, desc=name)
+                          show_progress=show_progress, desc=name, train_k=train_k)
         prior, history = fit_prior(family, train, **(vae_kwargs if family == "vae" else {}))
         metrics = evaluate_prior(
             prior, train, test_w, iwae_ks=ks, iwae_max_kernels=iwae_max_kernels or None,

@@ -232,6 +232,41 @@ class KernelVAE(KernelPrior):
         """The ELBO (a stochastic lower bound of log p(w)); see ``iwae_log_prob``."""
         return self.elbo(w)
 
+    def _log_weights(
+        self, w: torch.Tensor, mu_z: torch.Tensor, lv_z: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """Importance log-weights log p(w|z) + log p(z) - log r(z|w), (m, N).
+
+        ``w`` (N, k, k); ``mu_z``, ``lv_z`` (N, z) from the encoder; ``eps`` (m, N, z) standard
+        normal draws, z = mu_z + e^(lv_z / 2) eps.
+        """
+        m = eps.shape[0]
+        z = mu_z + torch.exp(0.5 * lv_z) * eps
+        mu_w, lv_w = self.decoder(z.reshape(-1, self.z_dim))
+        log_pw = gaussian_log_pdf(
+            w.expand(m, *w.shape).reshape(-1, *w.shape[1:]), mu_w, lv_w
+        ).reshape(m, -1)
+        log_pz = (-0.5 * (LOG_2PI + z.square())).sum(-1)
+        log_r = (-0.5 * (LOG_2PI + lv_z + eps.square())).sum(-1)
+        return log_pw + log_pz - log_r
+
+    def iwae_bound(
+        self, w: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Differentiable K-sample importance-weighted bound per kernel, (N, k, k) -> (N,) nats.
+
+        log (1/K) sum_j p(w|z_j) p(z_j) / r(z_j|w), z_j ~ r(z|w) reparameterised (Burda et al.
+        2015). K = 1 is a one-sample ELBO; the bound tightens towards log p(w) as K grows.
+        Used as the training objective by ``train_kernel_vae(train_k=K)``.
+        """
+        self.check_kernels(w)
+        if k < 1:
+            raise DwpError(f"IWAE needs k >= 1 samples, got {k}")
+        mu_z, lv_z = self.encoder(w)
+        eps = torch.randn((k, *mu_z.shape), generator=generator, device=mu_z.device,
+                          dtype=mu_z.dtype)
+        return torch.logsumexp(self._log_weights(w, mu_z, lv_z, eps), dim=0) - math.log(k)
+
     @torch.no_grad()
     def iwae_log_prob(
         self,
@@ -256,21 +291,13 @@ class KernelVAE(KernelPrior):
         for i in range(0, n, nb):
             wb = w[i : i + nb]
             mu_z, lv_z = self.encoder(wb)
-            std_z = torch.exp(0.5 * lv_z)
             parts = []
             for j in range(0, k, kb):
                 m = min(kb, k - j)
                 eps = torch.randn(
                     (m, *mu_z.shape), generator=generator, device=mu_z.device, dtype=mu_z.dtype
                 )
-                z = mu_z + std_z * eps  # (m, nb, z)
-                mu_w, lv_w = self.decoder(z.reshape(-1, self.z_dim))
-                log_pw = gaussian_log_pdf(
-                    wb.expand(m, *wb.shape).reshape(-1, *wb.shape[1:]), mu_w, lv_w
-                ).reshape(m, -1)
-                log_pz = (-0.5 * (LOG_2PI + z.square())).sum(-1)
-                log_r = (-0.5 * (LOG_2PI + lv_z + eps.square())).sum(-1)
-                parts.append(torch.logsumexp(log_pw + log_pz - log_r, dim=0))
+                parts.append(torch.logsumexp(self._log_weights(wb, mu_z, lv_z, eps), dim=0))
             out.append(torch.logsumexp(torch.stack(parts), dim=0) - math.log(k))
         return torch.cat(out)
 
