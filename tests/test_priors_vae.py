@@ -255,3 +255,13 @@ def test_cli_rejects_bad_kernels_without_leaving_a_prior(tmp_path, capsys):
     assert main(["train-prior", str(tmp_path / "k5.npy"), "--test", str(tmp_path / "k7.npy"),
                  "--out", str(tmp_path / "q"), "--family", "mvn"]) == 2
     assert "7x7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "0"),
+                                        ("--train-k", "0"), ("--lr", "0")])
+def test_cli_rejects_bad_training_options_before_creating_the_run(tmp_path, capsys, flag, value):
+    np.save(tmp_path / "k7.npy", _edges(50, 7).numpy())
+    assert main(["train-prior", str(tmp_path / "k7.npy"), "--out", str(tmp_path / "p"),
+                 flag, value, "--no-progress"]) == 2
+    assert flag in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

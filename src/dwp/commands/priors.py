@@ -92,6 +92,12 @@ def train_prior(
     Layers already finished in PRIOR are skipped, so a rerun resumes.
     """
     get_family(family)
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size),
+                        ("--train-k", train_k)):
+        if value < 1:  # checked before the run folder is created, so none is left behind
+            raise DwpError(f"{flag} must be >= 1, got {value}")
+    if not lr > 0:
+        raise DwpError(f"--lr must be > 0, got {lr}")
     kernels = as_path(kernels)
     test = as_path(test)
     out = as_path(out)
