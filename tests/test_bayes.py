@@ -324,6 +324,23 @@ def test_bayesianize_fconv_keeps_classifier_deterministic_and_inits_from_prior()
     assert net(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
+def test_bayesianize_prior_mean_init_uses_noise_free_decoder_means():
+    from dwp.priors.vae import KernelVAE
+
+    torch.manual_seed(3)
+    vae = KernelVAE(kernel_size=3, z_dim=2, arch="generic")
+    model = nn.Sequential(nn.Conv2d(2, 3, 3))
+    bayesianize(model, vae, init="prior-mean", generator=torch.Generator().manual_seed(5))
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(5))
+    mean, _ = vae.decoder(z)
+    assert torch.allclose(model[0].weight_mu.reshape(6, 3, 3), mean, atol=1e-6)
+    noisy = nn.Sequential(nn.Conv2d(2, 3, 3))  # untrained decoder: log-variance ~ 0, sd ~ 1
+    bayesianize(noisy, vae, init="prior", generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(noisy[0].weight_mu.reshape(6, 3, 3), mean, atol=1e-3)
+    with pytest.raises(DwpError, match="latent-variable priors.*sn"):
+        bayesianize(nn.Sequential(nn.Conv2d(1, 1, 3)), StandardNormal(), init="prior-mean")
+
+
 def test_sampling_modes_and_restore():
     torch.manual_seed(8)
     model = nn.Sequential(BayesConv2d(1, 2, 3, log_sigma2_init=-1.0), nn.Flatten())

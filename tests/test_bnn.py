@@ -114,6 +114,9 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     assert main(args) == 0  # rerun: done, nothing retrained
     assert main(["train-bnn", "--out", str(tmp_path / "b"), "--prior", "dwp",
                  "--data-root", str(data_root)]) == 2  # no --prior-dir
+    bad = tmp_path / "c"
+    assert main([*args[:1], "--out", str(bad), *args[3:], "--init", "prior-mean"]) == 2
+    assert not bad.exists()  # sn has no decoder means: refused before anything is written
 
 
 def test_summary_table_and_plot(tmp_path):
@@ -144,8 +147,8 @@ def test_experiment_classification_resumes(tmp_path, data_root):
     assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()
 
 
-@pytest.mark.parametrize("freeze", [False, True])
-def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze):
+@pytest.mark.parametrize(("freeze", "init"), [(False, None), (True, "prior-mean")])
+def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze, init):
     from dwp.cli import main
     from dwp.priors import KernelVAE, save_prior
 
@@ -159,9 +162,12 @@ def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze):
             "--data-root", str(data_root), "--no-progress"]
     if freeze:
         args.append("--freeze-reverse")
+    if init:
+        args += ["--init", init]
     assert main(args) == 0
     rec = json.loads((out / "metrics.json").read_text())
-    assert rec["method"] == "dwp" and rec["init"] == "prior" and rec["freeze_reverse"] is freeze
+    assert rec["method"] == "dwp" and rec["init"] == (init or "prior")
+    assert rec["freeze_reverse"] is freeze
     assert [(r["layer"], r["prior"]) for r in rec["layers"]] == [
         ("features.conv1", "vae"), ("features.conv2", "vae")]
     assert math.isfinite(rec["final_kl"]) and 0.0 <= rec["accuracy"] <= 1.0

@@ -32,7 +32,7 @@ from dwp.priors.loguniform import MU2_FLOOR
 from dwp.runtime import DwpError
 
 MODES = ("lrt", "sample", "fixed", "mean")
-INITS = ("xavier", "prior", "copy")
+INITS = ("xavier", "prior", "prior-mean", "copy")
 #: How q(w) = N(mu, sigma^2) is parameterised (see :class:`_BayesLayer`).
 POSTERIORS = ("gaussian", "truncated-alpha")
 _VAR_EPS = 1e-8  # added to the LRT variance before the square root (finite gradients)
@@ -449,7 +449,10 @@ def bayesianize(
     Stride / padding / dilation / groups / padding_mode / bias / non-square kernels are copied.
 
     ``init``: posterior means from ``"xavier"`` (normal), ``"prior"`` (a sample of the layer's
-    prior; needs ``prior.sample``) or ``"copy"`` (the conv's current weights). Biases are copied.
+    prior; needs ``prior.sample``), ``"prior-mean"`` (for latent-variable priors such as
+    ``KernelVAE``: the decoder mean E[w | z] at z ~ p(z), without the decoder noise, as the
+    paper's code initialises its DWP models) or ``"copy"`` (the conv's current weights). Biases
+    are copied.
     ``posterior``: ``"gaussian"`` (free log sigma^2, from ``log_sigma2_init``) or
     ``"truncated-alpha"`` (sigma^2 = sigmoid(a) mu^2, a from ``alpha_logit_init``; see
     :class:`BayesConv2d`).
@@ -459,6 +462,14 @@ def bayesianize(
     """
     if init not in INITS:
         raise DwpError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
+    if init == "prior-mean":
+        explicit = [p for p in (priors.values() if isinstance(priors, Mapping) else [priors])
+                    if p.explicit]
+        if explicit:
+            raise DwpError(
+                f"init 'prior-mean' needs latent-variable priors (the deep weight prior), not "
+                f"{', '.join(sorted({p.family for p in explicit}))}: use init 'prior' or 'xavier'"
+            )
     convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
     report: list[dict[str, Any]] = []
     used: set[Any] = set()
@@ -486,9 +497,10 @@ def bayesianize(
         with torch.no_grad():
             if init == "copy":
                 layer.weight_mu.copy_(conv.weight)
-            elif init == "prior":
+            elif init in ("prior", "prior-mean"):
                 n = layer.weight_mu[..., 0, 0].numel()
-                w = prior.sample(n, kernel_size=ksize[0], generator=generator)
+                kw = {"noise": False} if init == "prior-mean" else {}
+                w = prior.sample(n, kernel_size=ksize[0], generator=generator, **kw)
                 layer.weight_mu.copy_(w.reshape(layer.weight_mu.shape))
             else:
                 fan_in = layer.weight_mu[0].numel()

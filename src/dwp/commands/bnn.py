@@ -58,7 +58,9 @@ def train_bnn(
     ),
     init: str | None = typer.Option(
         None, "--init",
-        help="Posterior means from 'prior' samples or 'xavier' (default: prior for dwp/mvn).",
+        help="Posterior means from 'prior' samples, 'prior-mean' (dwp only: decoder means "
+        "E[w|z] at z ~ p(z), no decoder noise, as the paper's code) or 'xavier' (default: "
+        "prior for dwp/mvn).",
     ),
     log_sigma2_init: float = typer.Option(
         -10.0, "--log-sigma2-init", help="Initial log sigma^2 (gaussian posterior)."
@@ -91,8 +93,11 @@ def train_bnn(
         raise DwpError(f"--steps must be >= 1, got {steps}")
     if kernel_subsample is not None and kernel_subsample < 1:
         raise DwpError(f"--kernel-subsample must be >= 1, got {kernel_subsample}")
-    if init not in (None, "prior", "xavier"):
-        raise DwpError(f"--init must be 'prior' or 'xavier', got {init!r}")
+    if init not in (None, "prior", "prior-mean", "xavier"):
+        raise DwpError(f"--init must be 'prior', 'prior-mean' or 'xavier', got {init!r}")
+    if init == "prior-mean" and method != "dwp":
+        raise DwpError(f"--init prior-mean needs --prior dwp (a latent-variable prior), not "
+                       f"{method}: use --init prior or xavier")
     if init == "prior" and method == "log-uniform":
         raise DwpError("the log-uniform prior cannot be sampled: use --init xavier")
     from dwp.bayes import POSTERIORS
