@@ -50,6 +50,9 @@ def main() -> None:
             {"prior": "isotropic_gaussian", "loglik": iso.mean().item(), **paired(iso, mvn)}]
     for folder in args.priors:
         prior = load_prior(folder)
+        if prior.explicit:
+            raise SystemExit(f"{folder}: a {prior.family} prior, not a VAE; the Gaussians are "
+                             f"fitted and compared here already, pass VAE prior folders only")
         g = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():
             ll = prior.iwae_log_prob(test, k=args.k, generator=g)
