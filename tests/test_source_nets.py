@@ -100,7 +100,9 @@ def _cifar_src_factory():
 
 @pytest.mark.parametrize(
     ("factory", "shape", "classes", "chunk"),
-    [(_fconv_factory, (1, 28, 28), 10, 2), (_cifar_src_factory, (3, 32, 32), 5, None)],
+    [(_fconv_factory, (1, 28, 28), 10, 2), (_cifar_src_factory, (3, 32, 32), 5, None),
+     # chunks of one net take the plain (non-vmap) path on CPU, BatchNorm buffers included
+     (_fconv_factory, (1, 28, 28), 10, 1), (_cifar_src_factory, (3, 32, 32), 5, 1)],
 )
 def test_batched_training_equals_one_by_one(factory, shape, classes, chunk):
     torch.manual_seed(0)
