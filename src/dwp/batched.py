@@ -188,11 +188,8 @@ class BatchedModel:
         if n == 1 and x.device.type == "cpu":
             # One net (e.g. --chunk-size 1 on CPU): a plain call, no vmap. vmap lowers the
             # convolutions to grouped ones, which oneDNN runs ~1.6x slower on CPU for one net.
-            single = (
-                {k: v[0] for k, v in params.items()},
-                {k: v[0] for k, v in buffers.items()},
-            )
-            return functional_call(self.base, single, (x if shared else x[0],)).unsqueeze(0)
+            first = {k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()}
+            return one(*first, x if shared else x[0]).unsqueeze(0)
         in_x = None if shared else 0
         return vmap(one, in_dims=(0, 0, in_x), randomness="different")(params, buffers, x)
 
