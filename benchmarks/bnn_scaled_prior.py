@@ -11,8 +11,9 @@ What it is for: the source nets' conv2 reads many more input channels than the t
 scale go as 1 / sqrt(fan-in). ``s = sqrt(fan_in_source / fan_in_target)`` is the data-free
 correction for that mismatch (1 for conv1, whose fan-in is 1 x 7 x 7 in both). Comparing the
 same seeds with and without it tells whether the *scale* of the learned prior is what holds
-dwp back at N = 50 (see BENCHMARKS.md, "Bayesian CNN"). It is not the paper's method, and s is
-fixed from the architectures, not chosen on any accuracy. MNIST test set, 10-sample ensemble.
+dwp back at N = 50 (see BENCHMARKS.md, "Like-for-like checks of the objective"). It is not
+the paper's method, and s is fixed from the architectures, not chosen on any accuracy. MNIST
+test set, 10-sample ensemble.
 
     python benchmarks/bnn_scaled_prior.py runs/prior-cpu3 --scale conv2=1.4142 --seed 0 \\
         --freeze-reverse --out runs/bnn-paperlen-dwp3-scaled-s0.json
@@ -69,9 +70,14 @@ def parse_scales(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not name or not value:
-            raise SystemExit(f"--scale expects LAYER=FACTOR (e.g. conv2=1.4142), got {item!r}")
-        out[name] = float(value)
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = float("nan")
+        if not name or not factor > 0:
+            raise SystemExit(f"--scale expects LAYER=FACTOR with FACTOR > 0 "
+                             f"(e.g. conv2=1.4142), got {item!r}")
+        out[name] = factor
     return out
 
 
