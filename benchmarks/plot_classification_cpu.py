@@ -1,0 +1,111 @@
+"""Accuracy vs N from the committed paper-length CPU runs, beside the paper's Fig. 2.
+
+Reads the rows of ``benchmarks/results/mnist-n50-paperlength-cpu.jsonl`` and
+``benchmarks/results/mnist-classification.jsonl`` that ran the paper's length (10,000 full-batch
+steps): log-uniform, standard normal and dwp with each ``--dwp PRIOR_DIR`` (frozen reverse model,
+prior-sample init, subsampled KL, unscaled prior: the CPU configuration of BENCHMARKS.md).
+Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
+
+    python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3 runs/prior-cpu3e300 \
+        --out docs/experiments/classification_cpu.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dwp.bnn import PAPER_FIG2
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
+
+
+def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
+    """{label: rows} for log-uniform, standard-normal and 'dwp (PRIOR_DIR)' per prior folder."""
+    groups: dict[str, list[dict]] = {"log-uniform": [], "standard-normal": []}
+    groups.update({f"dwp ({d})": [] for d in dwp_dirs})
+    for name in FILES:
+        for line in (RESULTS / name).read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if r.get("steps") != 10000:
+                continue
+            if r["method"] in ("log-uniform", "standard-normal"):
+                groups[r["method"]].append(r)
+            elif (r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs
+                  and r.get("freeze_reverse") and r.get("init") == "prior"
+                  and r.get("kernel_subsample") == 128 and "prior_scales" not in r):
+                groups[f"dwp ({r['prior_dir']})"].append(r)
+    return groups
+
+
+def summarize(rows: list[dict]) -> dict[int, tuple[float, float, int]]:
+    """{n: (mean, sample std, seeds)} of the accuracy."""
+    by_n: dict[int, list[float]] = {}
+    for r in rows:
+        by_n.setdefault(int(r["n"]), []).append(float(r["accuracy"]))
+    out = {}
+    for n, v in sorted(by_n.items()):
+        mean = sum(v) / len(v)
+        std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+        out[n] = (mean, std, len(v))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dwp", nargs="+", default=["runs/prior-cpu3"],
+                    help="prior folders whose dwp runs to show (as recorded in the rows)")
+    ap.add_argument("--out", type=Path, default=None, help="PNG to write")
+    args = ap.parse_args()
+
+    groups = {k: summarize(v) for k, v in load_rows(args.dwp).items()}
+    sizes = sorted({n for s in groups.values() for n in s})
+    print("| method | " + " | ".join(f"N = {n}" for n in sizes) + " |")
+    print("|---" * (len(sizes) + 1) + "|")
+    for label, s in groups.items():
+        key = "dwp" if label.startswith("dwp") else label
+        cells = []
+        for n in sizes:
+            paper = (f" (paper {PAPER_FIG2[key][PAPER_FIG2['sizes'].index(n)]:.3f})"
+                     if n in PAPER_FIG2["sizes"] else "")
+            cells.append(f"{s[n][0]:.3f} ± {s[n][1]:.3f} ({s[n][2]}){paper}" if n in s else "-")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    if args.out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        colors = {"log-uniform": "C2", "standard-normal": "C1"}
+        dwp_colors = iter(["C0", "C9", "C4", "C5", "C3"])
+        for label, s in groups.items():
+            if not s:
+                continue
+            ns = sorted(s)
+            color = colors[label] if label in colors else next(dwp_colors, "C7")
+            ax.errorbar(ns, [s[n][0] for n in ns], yerr=[s[n][1] for n in ns], marker="o",
+                        capsize=3, color=color, label=f"{label}, ours (CPU)")
+        for key, color in (("dwp", "C0"), ("log-uniform", "C2"), ("standard-normal", "C1")):
+            ax.plot(PAPER_FIG2["sizes"], PAPER_FIG2[key], ls="--", marker="x", color=color,
+                    alpha=0.5, label=f"{key}, paper")
+        ax.set_xscale("log")
+        ax.set_xlabel("training images N (MNIST)")
+        ax.set_ylabel("test accuracy (10-sample ensemble)")
+        ax.set_title("Paper-length runs on CPU (error bars: sd over seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.out, dpi=120)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
