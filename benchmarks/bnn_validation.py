@@ -121,9 +121,9 @@ def main() -> None:
     pairs = [(r["val_accuracy"], r["test_accuracy"]) for r in rows
              if r["test_accuracy"] is not None]
     if len(pairs) >= 3:
-        v, t = zip(*pairs)
+        v, t = [p[0] for p in pairs], [p[1] for p in pairs]
         print(f"Spearman rank correlation (validation vs test accuracy, {len(pairs)} runs): "
-              f"{spearman(list(v), list(t)):.3f}")
+              f"{spearman(v, t):.3f}")
 
 
 if __name__ == "__main__":
