@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dwp.bnn import PAPER_FIG2
+from dwp.bnn import PAPER_FIG2, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
@@ -42,17 +42,10 @@ def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
     return groups
 
 
-def summarize(rows: list[dict]) -> dict[int, tuple[float, float, int]]:
-    """{n: (mean, sample std, seeds)} of the accuracy."""
-    by_n: dict[int, list[float]] = {}
-    for r in rows:
-        by_n.setdefault(int(r["n"]), []).append(float(r["accuracy"]))
-    out = {}
-    for n, v in sorted(by_n.items()):
-        mean = sum(v) / len(v)
-        std = (sum((x - mean) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-        out[n] = (mean, std, len(v))
-    return out
+def by_size(label: str, rows: list[dict]) -> dict[int, tuple[float, float, int]]:
+    """{n: (mean, sample std, seeds)} of the accuracy (:func:`dwp.bnn.summarize`)."""
+    return {s["n"]: (s["mean"], s["std"], s["runs"])
+            for s in summarize([{**r, "method": label} for r in rows])}
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="PNG to write")
     args = ap.parse_args()
 
-    groups = {k: summarize(v) for k, v in load_rows(args.dwp).items()}
+    groups = {k: by_size(k, v) for k, v in load_rows(args.dwp).items()}
     sizes = sorted({n for s in groups.values() for n in s})
     print("| method | " + " | ".join(f"N = {n}" for n in sizes) + " |")
     print("|---" * (len(sizes) + 1) + "|")

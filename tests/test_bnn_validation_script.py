@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from dwp.data import class_balanced_subset
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bnn_validation.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bnn_validation", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_validation_indices_exclude_training_subset_and_are_fixed():
-    mod = _module()
+def test_validation_indices_exclude_training_subset_and_are_fixed(benchmark_script):
+    mod = benchmark_script("bnn_validation")
     labels = torch.arange(1000) % 10
     subset = class_balanced_subset(labels, 50, seed=3)
     a = mod.validation_indices(labels, 400, subset)
@@ -35,8 +23,8 @@ def test_validation_indices_exclude_training_subset_and_are_fixed():
         mod.validation_indices(labels, 0, subset)
 
 
-def test_spearman_known_values():
-    rho = _module().spearman
+def test_spearman_known_values(benchmark_script):
+    rho = benchmark_script("bnn_validation").spearman
     assert rho([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert rho([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # d = (0, 0, 1, -1): rho = 1 - 6 * 2 / (4 * 15) = 0.8 (no ties)

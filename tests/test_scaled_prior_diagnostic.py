@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from dwp.priors import FittedGaussian, IsotropicGaussian
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bnn_scaled_prior.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("bnn_scaled_prior", _SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_scaled_prior_equals_prior_fitted_on_scaled_kernels():
+def test_scaled_prior_equals_prior_fitted_on_scaled_kernels(benchmark_script):
     # Maximum-likelihood Gaussians are equivariant: fitting s * kernels gives exactly p_s.
-    scaled = _module().ScaledKernelPrior
+    scaled = benchmark_script("bnn_scaled_prior").ScaledKernelPrior
     g = torch.Generator().manual_seed(0)
     kernels = torch.randn(400, 5, 5, generator=g) * 0.1 + 0.03
     mu = torch.randn(6, 5, 5, generator=g) * 0.2
