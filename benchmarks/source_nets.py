@@ -37,7 +37,7 @@ import torch
 
 def run_mode(args: argparse.Namespace) -> dict:
     """Train in one mode inside this process; return timings, memory and accuracies."""
-    from dwp.batched import BatchedModel, BatchedTrainer, evaluate_accuracy
+    from dwp.batched import BatchedModel, BatchedTrainer, cudnn_autotune, evaluate_accuracy
     from dwp.data import class_balanced_subset, load_dataset
     from dwp.runtime import select_device
     from dwp.sourcenets import SourceConfig, net_factory
@@ -66,14 +66,17 @@ def run_mode(args: argparse.Namespace) -> dict:
     accs, chunks = [], []
     sync()
     t0 = time.perf_counter()
-    for group in groups:
-        model = BatchedModel(factory, group, device=device)
-        trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2, chunk_size=chunk,
-                                 precision=args.precision)
-        for epoch in range(args.epochs):
-            trainer.train_epoch(x, y, epoch, batch_size=args.batch_size)
-        accs += evaluate_accuracy(model, xt, yt).tolist()
-        chunks.append(trainer.chunk_size)
+    with cudnn_autotune(device):  # as dwp train-source does
+        for group in groups:
+            model = BatchedModel(factory, group, device=device)
+            trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2,
+                                     chunk_size=chunk, precision=args.precision)
+            for epoch in range(args.epochs):
+                trainer.train_epoch(x, y, epoch, batch_size=args.batch_size)
+            eval_chunk = trainer.chunk_size if isinstance(trainer.chunk_size, int) else None
+            accs += evaluate_accuracy(model, xt, yt, batch_size=args.batch_size,
+                                      chunk_size=eval_chunk).tolist()
+            chunks.append(trainer.chunk_size)
     sync()
     wall = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"

@@ -390,6 +390,22 @@ def tf32_for(precision: str, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@contextmanager
+def cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """Let cuDNN time its convolution algorithms for each new input shape (CUDA only; the
+    previous setting is restored on exit). Worth it for long runs of fixed shapes, such as the
+    grouped convolutions of many nets trained at once."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 class BatchedTrainer:
     """Adam + linear lr decay + L2-in-the-loss training of a :class:`BatchedModel`.
 

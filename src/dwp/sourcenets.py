@@ -34,6 +34,7 @@ from dwp.batched import (
     BatchedModel,
     BatchedTrainer,
     _seed_int,
+    cudnn_autotune,
     evaluate_accuracy,
 )
 from dwp.nets import (
@@ -248,27 +249,28 @@ def train_source_nets(
             bar.update(1)
 
     try:
-        for epoch in range(epochs_done, cfg.epochs):
-            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
-                            chunk=trainer.chunk_size)
-            t0 = time.perf_counter()
-            stats = trainer.train_epoch(x_tr, y_tr, epoch, cfg.batch_size, on_step=step_hook)
-            bar.update(1)
-            acc = evaluate_accuracy(
-                model, x_te, y_te, cfg.batch_size, _int_or_none(trainer.chunk_size)
-            ).tolist()
-            last_acc = sum(acc) / len(acc)
-            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
-                            chunk=trainer.chunk_size)
-            row = {
-                "epoch": epoch + 1, "lr": stats["lr"], "loss": stats["loss"],
-                "train_acc": stats["train_acc"], "heldout_acc": acc,
-                "mean_heldout_acc": last_acc, "seconds": time.perf_counter() - t0,
-                "chunk_size": trainer.chunk_size,
-            }
-            append_jsonl(out / METRICS, row)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                _save_checkpoint(out, trainer, epoch + 1)
+        with cudnn_autotune(device):
+            for epoch in range(epochs_done, cfg.epochs):
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
+                                chunk=trainer.chunk_size)
+                t0 = time.perf_counter()
+                stats = trainer.train_epoch(x_tr, y_tr, epoch, cfg.batch_size, on_step=step_hook)
+                bar.update(1)
+                acc = evaluate_accuracy(
+                    model, x_te, y_te, cfg.batch_size, _int_or_none(trainer.chunk_size)
+                ).tolist()
+                last_acc = sum(acc) / len(acc)
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", acc=f"{last_acc:.4f}",
+                                chunk=trainer.chunk_size)
+                row = {
+                    "epoch": epoch + 1, "lr": stats["lr"], "loss": stats["loss"],
+                    "train_acc": stats["train_acc"], "heldout_acc": acc,
+                    "mean_heldout_acc": last_acc, "seconds": time.perf_counter() - t0,
+                    "chunk_size": trainer.chunk_size,
+                }
+                append_jsonl(out / METRICS, row)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    _save_checkpoint(out, trainer, epoch + 1)
     finally:
         bar.close()
 
