@@ -163,7 +163,24 @@ def test_epoch_orders_are_permutations_depending_on_seed_and_epoch():
     assert linear_decay_lr(1e-3, 0, 10) == 1e-3 and linear_decay_lr(1e-3, 5, 10) == 5e-4
 
 
-def test_auto_chunk_and_oom_fallback_keep_results(monkeypatch):
+def test_auto_chunk_keeps_activations_under_32bit_index_limit(monkeypatch):
+    import dwp.batched as batched
+
+    x = torch.rand(8, 1, 28, 28)
+    model = BatchedModel(_fconv_factory, list(range(6)))
+    # The largest activation of one net: conv1's output, batch 8 x 3 channels x 22 x 22.
+    largest = 8 * 3 * 22 * 22
+    monkeypatch.setattr(batched, "MAX_TENSOR_ELEMENTS", 2 * largest + 5)
+    assert auto_chunk_size(model, x) == 2
+    monkeypatch.setattr(batched, "MAX_TENSOR_ELEMENTS", largest - 1)
+    assert auto_chunk_size(model, x) == 1  # never below one net
+
+
+@pytest.mark.parametrize("message", [
+    "CUDA out of memory. Tried to allocate 1 GiB",
+    "Expected canUse32BitIndexMath(input) && canUse32BitIndexMath(output) to be true",
+])
+def test_auto_chunk_and_oom_fallback_keep_results(monkeypatch, message):
     torch.manual_seed(2)
     x = torch.rand(4, 8, 1, 28, 28)
     y = torch.randint(0, 10, (4, 8))
@@ -179,7 +196,7 @@ def test_auto_chunk_and_oom_fallback_keep_results(monkeypatch):
     def flaky(xx, yy, chunk):
         calls.append(chunk)
         if chunk > 1:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+            raise RuntimeError(message)
         return real(xx, yy, chunk)
 
     monkeypatch.setattr(trainer, "_grads_for_chunks", flaky)

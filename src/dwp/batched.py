@@ -44,8 +44,9 @@ Chunking
 then makes one optimiser step, so results do not depend on the chunk size. ``"auto"`` measures
 the activation memory one net needs for one batch (autograd's saved tensors) and fits as many
 nets as half the free memory (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable``)
-allows; on a CUDA out-of-memory error during a step the chunk size is halved and the step
-redone from scratch (no update was applied yet).
+allows, and keeps each chunk's activations under 2**31 elements (CUDA's 32-bit indexing limit
+for convolutions); on a CUDA out-of-memory or index-overflow error during a step the chunk size is
+halved and the step redone from scratch (no update was applied yet).
 
 Example
 -------
@@ -309,19 +310,19 @@ def free_memory_bytes(device: torch.device) -> int:
         return 4 * 2**30
 
 
-def activation_bytes_per_net(model: BatchedModel, x: torch.Tensor) -> int:
-    """Bytes autograd saves for one net's forward on the batch ``x`` (B, ...).
-
-    Measured with ``torch.autograd.graph.saved_tensors_hooks`` on a 1-net forward.
-    """
+def _forward_footprint(model: BatchedModel, x: torch.Tensor) -> tuple[int, int]:
+    """(bytes autograd saves, elements of the largest saved tensor) for one net's forward on
+    the batch ``x`` (B, ...), measured with ``torch.autograd.graph.saved_tensors_hooks``."""
     params, buffers = model.chunk(slice(0, 1))
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     buffers = {k: v.clone() for k, v in buffers.items()}
     total = 0
+    largest = 0
     seen: set[int] = set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
+        nonlocal total, largest
+        largest = max(largest, t.numel())
         key = t.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)
@@ -331,7 +332,19 @@ def activation_bytes_per_net(model: BatchedModel, x: torch.Tensor) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model.forward(x.unsqueeze(0), params=params, buffers=buffers, shared=False)
     total += out.numel() * out.element_size() * 3  # logits, softmax grads
-    return total + sum(v.numel() * v.element_size() for v in params.values())
+    total += sum(v.numel() * v.element_size() for v in params.values())
+    return total, max(largest, out.numel())
+
+
+def activation_bytes_per_net(model: BatchedModel, x: torch.Tensor) -> int:
+    """Bytes autograd saves for one net's forward on the batch ``x`` (B, ...)."""
+    return _forward_footprint(model, x)[0]
+
+
+# Kernels index tensors with 32-bit integers unless told otherwise: a grouped convolution over
+# many nets whose input or output has 2**31 or more elements fails on CUDA
+# ("canUse32BitIndexMath"). Chunks are kept below this.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 def auto_chunk_size(
@@ -339,12 +352,20 @@ def auto_chunk_size(
 ) -> int:
     """How many nets fit in one forward/backward on batch ``x`` (B, ...), at least 1.
 
-    Uses :func:`activation_bytes_per_net` (x 2 for the backward's temporaries) against
-    ``memory_fraction`` of the free memory of the model's device.
+    Uses the activation memory one net needs (x 2 for the backward's temporaries) against
+    ``memory_fraction`` of the free memory of the model's device, and keeps every activation
+    of a chunk under :data:`MAX_TENSOR_ELEMENTS` elements (the 32-bit indexing limit).
     """
-    per_net = 2 * activation_bytes_per_net(model, x)
+    per_net_bytes, largest = _forward_footprint(model, x)
     budget = memory_fraction * free_memory_bytes(model.device)
-    return int(max(1, min(model.n, budget // max(per_net, 1))))
+    by_memory = budget // max(2 * per_net_bytes, 1)
+    by_index = MAX_TENSOR_ELEMENTS // max(largest, 1)
+    return int(max(1, min(model.n, by_memory, by_index)))
+
+
+def _too_large_for_chunk(exc: BaseException) -> bool:
+    """Errors that a smaller chunk of nets avoids: out of memory, 32-bit index overflow."""
+    return _is_oom(exc) or "canUse32BitIndexMath" in str(exc)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -516,7 +537,7 @@ class BatchedTrainer:
                 out = self._grads_for_chunks(x, y, chunk)
                 break
             except (RuntimeError, MemoryError) as exc:
-                if not _is_oom(exc) or chunk == 1:
+                if not _too_large_for_chunk(exc) or chunk == 1:
                     raise
                 if buffers_before is not None:
                     with torch.no_grad():
