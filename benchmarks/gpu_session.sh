@@ -12,12 +12,13 @@
 #   bash benchmarks/gpu_session.sh smoke          # the same stages, tiny, on the CPU (a check of
 #                                                 # this script; its numbers mean nothing)
 #
-# Stages (run): 1. 10 notMNIST source nets, paper widths and length, bf16 (issue 4: <= 90 s);
-# 2. their kernel sets (collect-kernels); 3. the paper's VAE priors on those kernels (300
-# epochs; conv2 on 20,000 kernels); 4. one classification-grid cell, 10 seeds batched vs one at a
-# time (issue 6 speed); 5. 100 source nets for 2 epochs (to extrapolate the 100-net run); 6. 10
-# nets batched vs one at a time, 2 epochs (the ratio); 7. with the time left, more source nets
-# (seed 1) and their kernels.
+# Stages (run), in order of value; the first GPU session (2026-11-27, H200; BENCHMARKS.md
+# "First GPU session") measured 10 source nets, their kernels and a dwp grid cell, so this call
+# does what it left open: 1. where a source-net step spends its time (profile_source_step.py);
+# 2. 100 paper-width source nets for 2 epochs (re-measure after the 32-bit-index chunk fix);
+# 3. grid cells of the explicit priors (standard normal, log-uniform), 10 seeds, 200 steps;
+# 4. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs, extrapolated); 5. with the
+# time left, more paper-width source nets (seed 2) and their kernel sets.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. PRIOR (for prepare) defaults to runs/prior-cpu3.
@@ -79,62 +80,41 @@ print(platform.python_version(), torch.__version__, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')\""
 
 if [ "$smoke" = 1 ]; then
-  src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
-  cap=(--cap 2000)
-  vae1=(--epochs 2); vae2=(--epochs 2 --max-train-kernels 500)
-  grid=(--n 20 --seeds 2 --steps 3 --test-examples 200 --kernel-subsample 16 --threads 2)
+  prof=(--widths 8 16 --nets 2 --batch 16 --steps 2 --warmup 1)
   scale=(--nets 4 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
-  ratio=(--nets 2 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
-  limits=(120 60 120 120 60 60); per_net_extra=5
+  grid=(--n 20 --seeds 2 --steps 3 --test-examples 200 --threads 2)
+  pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
+  extra_src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
+  cap=(--cap 2000); limits=(120 60 60 60); per_net=5
 else
-  src=(--nets 10 --widths 256 512 --epochs 100)
-  cap=(--cap 60000)     # 60k train + 60k test 5x5 kernels: ~12 MB, under the 16 MiB per file
-  vae1=(); vae2=(--max-train-kernels 20000)
-  grid=(--n 50 --seeds 10 --steps 200 --kernel-subsample 512)
+  prof=(--nets 10)
   scale=(--nets 100 --widths 256 512 --epochs 2)
-  ratio=(--nets 10 --widths 256 512 --epochs 2)
-  limits=(170 40 150 130 80 80); per_net_extra=0
+  grid=(--n 50 --seeds 10 --steps 200)
+  pri=(--epochs5 10)
+  extra_src=(--widths 256 512 --epochs 100)
+  cap=(--cap 60000)     # 60k train + 60k test 5x5 kernels: ~12 MB, under the 16 MiB per file
+  limits=(90 100 80 100); per_net=23   # H200: 10 nets x 100 epochs took 223 s
 fi
-common=(--device "$dev" --precision bf16 --no-progress)
-iwae=(--iwae-k 1,100 --iwae-max-kernels 500 --device "$dev" --no-progress)
 
-# 1-2. ten source nets and their kernels
-t_src=$SECONDS
-stage source10 "${limits[0]}" "${DWP[@]}" train-source "${src[@]}" "${common[@]}" \
-  --checkpoint-every 1000 --out "$WORK/src10"
-src_s=$((SECONDS - t_src))
-stage kernels10 "${limits[1]}" "${DWP[@]}" collect-kernels "$WORK/src10" "${cap[@]}" \
-  --out "$WORK/kernels-src10"
-pack src10.tar src10 kernels-src10
-
-# 3. the paper's VAE priors on them (conv1 and conv2 side by side, one shell command)
-k10=$WORK/kernels-src10
-prior1=$(printf '%q ' "${DWP[@]}" train-prior "$k10/conv1.safetensors" "${vae1[@]}" "${iwae[@]}" \
-  --out "$WORK/prior-src10-conv1")
-prior2=$(printf '%q ' "${DWP[@]}" train-prior "$k10/conv2.safetensors" "${vae2[@]}" "${iwae[@]}" \
-  --out "$WORK/prior-src10-conv2")
-stage priors10 "${limits[2]}" bash -c "$prior1 & p=\$!; $prior2; rc=\$?; wait \$p || rc=1; exit \$rc"
-pack prior-src10.tar prior-src10-conv1 prior-src10-conv2
-
-# 4. one grid cell: 10 seeds batched vs one at a time
-stage bnn-grid "${limits[3]}" "$PY" benchmarks/bnn_grid.py --method dwp --prior-dir .gpu/prior \
-  "${grid[@]}" --device "$dev" --out "$OUT/bnn_grid.jsonl"
-
-# 5-6. 100 nets (2 epochs), and batched vs one at a time
-stage source100x2 "${limits[4]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes batched \
+stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" --device "$dev" \
+  --out "$OUT/profile_source.json"
+stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes batched \
   --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
-stage source-ratio "${limits[5]}" "$PY" benchmarks/source_nets.py "${ratio[@]}" \
-  --modes batched sequential --precision bf16 --device "$dev" --out "$OUT/source_nets_ratio.json"
+for method in sn lu; do
+  stage "bnn-grid-$method" "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method $method \
+    "${grid[@]}" --device "$dev" --out "$OUT/bnn_grid.jsonl"
+done
+stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
+  --out "$OUT/priors.json"
 
-# 7. more source nets with what is left: size the run from stage 1's time per net
-per_net=$(( per_net_extra > 0 ? per_net_extra : (src_s + 9) / 10 ))
-extra=$(( ($(left) - 45) * 8 / 10 / (per_net > 0 ? per_net : 1) ))
+# more source nets with what is left, sized from the measured time per net
+extra=$(( ($(left) - 45) * 8 / 10 / per_net ))
 (( extra > 90 )) && extra=90
-if (( extra >= 5 )); then
-  if [ "$smoke" = 1 ]; then extra_src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
-  else extra_src=(--nets "$extra" --widths 256 512 --epochs 100); fi
-  stage source-extra $(( $(left) - 30 )) "${DWP[@]}" train-source "${extra_src[@]}" --seed 1 \
-    "${common[@]}" --checkpoint-every 1000 --out "$WORK/src-extra" &&
+if (( extra >= 2 )); then
+  [ "$smoke" = 1 ] || extra_src+=(--nets "$extra")
+  stage source-extra $(( $(left) - 30 )) "${DWP[@]}" train-source "${extra_src[@]}" --seed 2 \
+    --device "$dev" --precision bf16 --no-progress --checkpoint-every 1000 \
+    --out "$WORK/src-extra" &&
   stage kernels-extra 25 "${DWP[@]}" collect-kernels "$WORK/src-extra" "${cap[@]}" \
     --out "$WORK/kernels-src-extra" &&
   pack src-extra.tar src-extra kernels-src-extra
