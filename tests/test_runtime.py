@@ -69,3 +69,13 @@ def test_seed_everything_is_reproducible():
     g2 = seed_everything(5)
     b = torch.randn(3), torch.randn(3, generator=g2)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_python_dash_m_dwp_runs_the_cli():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "dwp", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "train-source" in proc.stdout and "collect-kernels" in proc.stdout
