@@ -265,3 +265,50 @@ def test_cli_rejects_bad_training_options_before_creating_the_run(tmp_path, caps
                  flag, value, "--no-progress"]) == 2
     assert flag in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_latent_activity_matches_the_linear_encoders_closed_form():
+    torch.manual_seed(3)
+    vae = KernelVAE(3, z_dim=2, arch="linear")
+    w = torch.randn(4000, 3, 3) * torch.linspace(0.1, 1.0, 9).reshape(3, 3)
+    x = w.flatten(1).double()
+    cov = (x - x.mean(0)).T @ (x - x.mean(0)) / x.shape[0]
+    a = vae.encoder.linear.weight.detach().double()
+    expected = torch.diagonal(a @ cov @ a.T)  # Var(A w + c) per latent dimension
+    torch.testing.assert_close(vae.latent_activity(w).double(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_evaluate_prior_counts_active_latent_dims_and_flags_collapse():
+    torch.manual_seed(4)
+    vae = KernelVAE(3, z_dim=2, arch="linear")
+    train, test = torch.randn(500, 3, 3), torch.randn(100, 3, 3)
+    with torch.no_grad():
+        vae.encoder.linear.weight[1].mul_(1e-3)  # dimension 1 barely depends on w
+    m = evaluate_prior(vae, train, test, iwae_ks=(1,))
+    assert m["latent_dims"] == 2 and m["active_latent_dims"] == 1
+    assert m["latent_activity"][0] > 0.01 > m["latent_activity"][1]
+    with torch.no_grad():
+        vae.encoder.linear.weight.zero_()  # the code ignores the kernel: posterior collapse
+    assert evaluate_prior(vae, train, test, iwae_ks=(1,))["active_latent_dims"] == 0
+
+
+def test_cli_warns_when_the_trained_vae_ignores_its_latent_code(tmp_path, capsys, monkeypatch):
+    import dwp.commands.priors as priors_cmd
+
+    real = priors_cmd.evaluate_prior
+
+    def collapsed(prior, *args, **kwargs):
+        with torch.no_grad():
+            prior.encoder.fc_mu.weight.zero_()  # the encoder mean no longer depends on w
+        return real(prior, *args, **kwargs)
+
+    monkeypatch.setattr(priors_cmd, "evaluate_prior", collapsed)
+    np.save(tmp_path / "k7.npy", _edges(128, 7, seed=8).numpy())
+    rc = main(["train-prior", str(tmp_path / "k7.npy"), "--out", str(tmp_path / "p"),
+               "--epochs", "1", "--iwae-k", "1", "--no-progress"])
+    assert rc in (0, None)
+    out = capsys.readouterr()
+    assert "active z 0/2" in out.out
+    assert "posterior collapse" in out.err
+    metrics = json.loads((tmp_path / "p" / "k7" / "metrics.json").read_text())
+    assert metrics["active_latent_dims"] == 0 and metrics["latent_dims"] == 2

@@ -163,6 +163,13 @@ def train_prior(
         atomic_write_json(done, metrics)
         all_metrics[name] = metrics
         typer.echo(_summary(name, metrics))
+        if metrics.get("active_latent_dims") == 0:
+            typer.echo(
+                f"warning: {name}: the VAE uses none of its {metrics['latent_dims']} latent "
+                "dimensions (posterior collapse), so it is one diagonal Gaussian, not a deep "
+                "weight prior. Retrain it (another --seed, more --epochs, or --train-k 8) before "
+                "using it.", err=True,
+            )
     atomic_write_json(out / "metrics.json", all_metrics)
     typer.echo(f"wrote {out}/metrics.json")
 
@@ -176,6 +183,8 @@ def _summary(name: str, m: dict) -> str:
              f"train {_fmt(m['train_elbo'])}", f"test {_fmt(m['test_elbo'])}"]
     if m.get("test_iwae"):
         parts.append("iwae " + " ".join(f"K={k}:{_fmt(v)}" for k, v in m["test_iwae"].items()))
+    if m.get("latent_dims"):
+        parts.append(f"active z {m['active_latent_dims']}/{m['latent_dims']}")
     if m.get("test_loglik"):
         parts.append(f"mvn {_fmt(m['test_loglik']['fitted_gaussian'])}")
         parts.append(f"iso {_fmt(m['test_loglik']['isotropic_gaussian'])}")

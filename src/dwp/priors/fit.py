@@ -114,6 +114,11 @@ def fit_prior(family: str, kernels: torch.Tensor, **vae_kwargs: Any) -> tuple[Ke
     raise DwpError(f"family {family!r} cannot be fitted by dwp train-prior")
 
 
+# A latent dimension is active when the encoder mean varies across kernels by more than this
+# (variance; Burda et al. 2016, "Importance Weighted Autoencoders", Section 5.2).
+ACTIVE_LATENT_THRESHOLD = 0.01
+
+
 @torch.no_grad()
 def _mean_in_batches(fn, w: torch.Tensor, batch: int = 8192) -> float:
     return float(torch.cat([fn(w[i : i + batch]) for i in range(0, w.shape[0], batch)]).mean())
@@ -137,7 +142,10 @@ def evaluate_prior(
     ``test_iwae`` {str(K): mean IWAE estimate} (VAE only; on at most ``iwae_max_kernels``
     randomly chosen test kernels, ``iwae_kernels`` of them), and the baselines'
     ``test_loglik`` {"fitted_gaussian", "isotropic_gaussian"} fitted on ``train`` (over the whole
-    test set, and as ``test_loglik_iwae_subset`` over the IWAE subset), plus counts.
+    test set, and as ``test_loglik_iwae_subset`` over the IWAE subset), plus counts. For a VAE
+    also ``latent_activity`` (variance of the encoder mean over the train kernels, per latent
+    dimension), ``latent_dims`` and ``active_latent_dims`` (activity > 0.01; 0 means the VAE
+    ignores z: posterior collapse).
     The log-uniform prior is improper: its scores are reported as ``None``.
     """
     device = torch.device(device)
@@ -165,6 +173,11 @@ def evaluate_prior(
         "test_iwae": None,
         "test_loglik": None,
     }
+    if is_vae:
+        activity = prior.latent_activity(train)
+        out["latent_dims"] = int(activity.numel())
+        out["active_latent_dims"] = int((activity > ACTIVE_LATENT_THRESHOLD).sum())
+        out["latent_activity"] = [float(a) for a in activity]
     if test is None:
         return out
     prior.check_kernels(test, "test kernels")

@@ -218,6 +218,18 @@ class KernelVAE(KernelPrior):
         """p(w | z): latents (N, z) -> mean (N, k, k), log-variance (N, k, k)."""
         return self.decoder(z)
 
+    @torch.no_grad()
+    def latent_activity(self, w: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+        """Variance over kernels of the encoder mean, per latent dimension: (z_dim,).
+
+        w: kernels (N, k, k). A dimension whose value is below 0.01 is *inactive* (Burda et
+        al. 2016): the code carries no information about the kernel there. A VAE with no
+        active dimension ignores z, so its density is one diagonal Gaussian (posterior
+        collapse).
+        """
+        means = torch.cat([self.encode(w[i : i + batch])[0] for i in range(0, w.shape[0], batch)])
+        return means.var(dim=0, unbiased=False)
+
     # -- scores ------------------------------------------------------------------------------
     def elbo(self, w: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One-sample evidence lower bound per kernel, (N, k, k) -> (N,) nats (differentiable)."""
