@@ -312,3 +312,24 @@ def test_cli_warns_when_the_trained_vae_ignores_its_latent_code(tmp_path, capsys
     assert "posterior collapse" in out.err
     metrics = json.loads((tmp_path / "p" / "k7" / "metrics.json").read_text())
     assert metrics["active_latent_dims"] == 0 and metrics["latent_dims"] == 2
+
+
+def test_train_bnn_priors_warn_about_a_collapsed_vae(tmp_path, capsys):
+    from dwp.bnn import collapsed_vae_layers, resolve_priors
+
+    np.save(tmp_path / "conv1.npy", _edges(64, 7, seed=9).numpy())
+    rc = main(["train-prior", str(tmp_path / "conv1.npy"), "--out", str(tmp_path / "p"),
+               "--epochs", "1", "--iwae-k", "1", "--no-progress"])
+    assert rc in (0, None)
+    metrics_file = tmp_path / "p" / "conv1" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["latent_dims"] == 2
+    if metrics["active_latent_dims"] == 0:  # a 1-epoch VAE may already be collapsed
+        metrics["active_latent_dims"] = 2
+        metrics_file.write_text(json.dumps(metrics))
+    assert collapsed_vae_layers(tmp_path / "p") == []
+    metrics["active_latent_dims"] = 0
+    metrics_file.write_text(json.dumps(metrics))
+    assert collapsed_vae_layers(tmp_path / "p") == ["conv1"]
+    with pytest.warns(UserWarning, match="conv1 uses none of its latent dimensions"):
+        resolve_priors("dwp", str(tmp_path / "p"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,26 @@ def default_posterior(method: str) -> str:
     return "truncated-alpha" if canonical_method(method) == "log-uniform" else "gaussian"
 
 
+def collapsed_vae_layers(prior_dir: str | Path) -> list[str]:
+    """Layers of a prior folder whose saved metrics report no active latent dimension.
+
+    Reads ``metrics.json`` beside each prior (written by ``dwp train-prior``); priors trained
+    before that field existed, or without metrics, are not reported.
+    """
+    folder = Path(prior_dir)
+    dirs = [folder] if (folder / "prior.json").exists() else sorted(
+        p for p in folder.iterdir() if (p / "prior.json").exists())
+    out = []
+    for d in dirs:
+        try:
+            metrics = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if metrics.get("active_latent_dims") == 0:
+            out.append(d.name)
+    return out
+
+
 def resolve_priors(
     method: str,
     prior_dir: str | None = None,
@@ -284,6 +305,15 @@ def resolve_priors(
         if bad:
             raise DwpError(f"{prior_dir} holds explicit priors {bad}, not deep weight priors "
                            f"(family vae): use --prior mvn/sn/lu for them or another --prior-dir")
+        collapsed = collapsed_vae_layers(prior_dir)
+        if collapsed:
+            warnings.warn(
+                f"{prior_dir}: the VAE of {', '.join(collapsed)} uses none of its latent "
+                "dimensions (posterior collapse, see its metrics.json), so it acts as one "
+                "diagonal Gaussian; such priors gave 0.13-0.25 accuracy at N = 50 "
+                "(BENCHMARKS.md). Retrain it with 'dwp train-prior' (another --seed).",
+                stacklevel=2,
+            )
         return priors
     # fitted-gaussian
     if prior_dir is not None:
