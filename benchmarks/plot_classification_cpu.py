@@ -2,7 +2,8 @@
 
 Reads the rows of ``benchmarks/results/mnist-n50-paperlength-cpu.jsonl`` and
 ``benchmarks/results/mnist-classification.jsonl`` that ran the paper's length (10,000 full-batch
-steps): log-uniform, standard normal and dwp with each ``--dwp PRIOR_DIR`` (frozen reverse model,
+steps): log-uniform, standard normal, the deterministic baseline and dwp with each
+``--dwp PRIOR_DIR`` (frozen reverse model,
 prior-sample init, subsampled KL, unscaled prior: the CPU configuration of BENCHMARKS.md).
 Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
 
@@ -23,8 +24,10 @@ FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
 
 
 def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
-    """{label: rows} for log-uniform, standard-normal and 'dwp (PRIOR_DIR)' per prior folder."""
-    groups: dict[str, list[dict]] = {"log-uniform": [], "standard-normal": []}
+    """{label: rows} for log-uniform, standard-normal, deterministic and 'dwp (PRIOR_DIR)' per
+    prior folder."""
+    baselines = ("log-uniform", "standard-normal", "deterministic")
+    groups: dict[str, list[dict]] = {m: [] for m in baselines}
     groups.update({f"dwp ({d})": [] for d in dwp_dirs})
     for name in FILES:
         for line in (RESULTS / name).read_text().splitlines():
@@ -33,7 +36,7 @@ def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
             r = json.loads(line)
             if r.get("steps") != 10000:
                 continue
-            if r["method"] in ("log-uniform", "standard-normal"):
+            if r["method"] in baselines:
                 groups[r["method"]].append(r)
             elif (r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs
                   and r.get("freeze_reverse") and r.get("init") == "prior"
@@ -76,7 +79,7 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        colors = {"log-uniform": "C2", "standard-normal": "C1"}
+        colors = {"log-uniform": "C2", "standard-normal": "C1", "deterministic": "C8"}
         dwp_colors = iter(["C0", "C9", "C4", "C5", "C3"])
         for label, s in groups.items():
             if not s:
@@ -85,7 +88,8 @@ def main() -> None:
             color = colors[label] if label in colors else next(dwp_colors, "C7")
             ax.errorbar(ns, [s[n][0] for n in ns], yerr=[s[n][1] for n in ns], marker="o",
                         capsize=3, color=color, label=f"{label}, ours (CPU)")
-        for key, color in (("dwp", "C0"), ("log-uniform", "C2"), ("standard-normal", "C1")):
+        for key, color in (("dwp", "C0"), ("log-uniform", "C2"), ("standard-normal", "C1"),
+                           ("deterministic", "C8")):
             ax.plot(PAPER_FIG2["sizes"], PAPER_FIG2[key], ls="--", marker="x", color=color,
                     alpha=0.5, label=f"{key}, paper")
         ax.set_xscale("log")
