@@ -336,11 +336,6 @@ def _forward_footprint(model: BatchedModel, x: torch.Tensor) -> tuple[int, int]:
     return total, max(largest, out.numel())
 
 
-def activation_bytes_per_net(model: BatchedModel, x: torch.Tensor) -> int:
-    """Bytes autograd saves for one net's forward on the batch ``x`` (B, ...)."""
-    return _forward_footprint(model, x)[0]
-
-
 # Kernels index tensors with 32-bit integers unless told otherwise: a grouped convolution over
 # many nets whose input or output has 2**31 or more elements fails on CUDA
 # ("canUse32BitIndexMath"). Chunks are kept below this.

@@ -262,11 +262,10 @@ def collapsed_vae_layers(prior_dir: str | Path) -> list[str]:
     Reads ``metrics.json`` beside each prior (written by ``dwp train-prior``); priors trained
     before that field existed, or without metrics, are not reported.
     """
-    folder = Path(prior_dir)
-    dirs = [folder] if (folder / "prior.json").exists() else sorted(
-        p for p in folder.iterdir() if (p / "prior.json").exists())
+    from dwp.priors import prior_layer_dirs
+
     out = []
-    for d in dirs:
+    for d in prior_layer_dirs(prior_dir):
         try:
             metrics = json.loads((d / "metrics.json").read_text())
         except (OSError, ValueError):

@@ -122,12 +122,19 @@ def load_prior_dir(
     folder = Path(folder)
     if not folder.is_dir():
         raise DwpError(f"prior folder {folder} does not exist: run 'dwp train-prior' first")
-    if (folder / "prior.json").exists():
-        return {folder.name: load_prior(folder, map_location)}
-    layers = sorted(p for p in folder.iterdir() if (p / "prior.json").exists())
+    layers = prior_layer_dirs(folder)
     if not layers:
         raise DwpError(f"{folder} holds no priors (no */prior.json): run 'dwp train-prior'")
     return {p.name: load_prior(p, map_location) for p in layers}
+
+
+def prior_layer_dirs(folder: str | Path) -> list[Path]:
+    """The prior folders inside ``folder``: ``[folder]`` if it holds one prior itself, else its
+    subfolders with a ``prior.json``, sorted by name."""
+    folder = Path(folder)
+    if (folder / "prior.json").exists():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p / "prior.json").exists())
 
 
 __all__ = [
@@ -142,6 +149,7 @@ __all__ = [
     "get_family",
     "load_prior",
     "load_prior_dir",
+    "prior_layer_dirs",
     "read_prior_meta",
     "save_prior",
 ]
