@@ -14,7 +14,9 @@
 #
 # Stages (run), in order of value; the first GPU session (2026-11-27, H200; BENCHMARKS.md
 # "First GPU session") measured 10 source nets, their kernels and a dwp grid cell, so this call
-# does what it left open: 1. where a source-net step spends its time (profile_source_step.py);
+# does what it left open: 1. where a source-net step spends its time (profile_source_step.py,
+# grouped vs im2col + matmul convolutions); 1b. 10 nets x 2 epochs with both convolution
+# implementations, end to end (the faster one is used from then on);
 # 2. 100 paper-width source nets for 2 epochs (re-measure after the 32-bit-index chunk fix);
 # 3. grid cells of the explicit priors (standard normal, log-uniform), 10 seeds, 200 steps;
 # 4. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs, extrapolated); 5. with the
@@ -82,6 +84,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')\""
 if [ "$smoke" = 1 ]; then
   prof=(--widths 8 16 --nets 2 --batch 16 --steps 2 --warmup 1)
   scale=(--nets 4 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
+  impl_cmp=(--nets 2 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
   grid=(--n 20 --seeds 2 --steps 3 --test-examples 200 --threads 2)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
   extra_src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
@@ -89,6 +92,7 @@ if [ "$smoke" = 1 ]; then
 else
   prof=(--nets 10)
   scale=(--nets 100 --widths 256 512 --epochs 2)
+  impl_cmp=(--nets 10 --widths 256 512 --epochs 2)
   grid=(--n 50 --seeds 10 --steps 200)
   pri=(--epochs5 10)
   extra_src=(--widths 256 512 --epochs 100)
@@ -98,7 +102,15 @@ fi
 
 stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" --device "$dev" \
   --out "$OUT/profile_source.json"
-stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes batched \
+stage source10-impl 70 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
+  --modes batched batched-unfold --precision bf16 --device "$dev" \
+  --out "$OUT/source_nets_10x2_impl.json"
+impl=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
+print('unfold' if r.get('native_over_unfold', 0) > 1.1 else 'native')" \
+  "$OUT/source_nets_10x2_impl.json" 2>/dev/null || echo native)
+echo "== convolution implementation from here on: $impl" | tee -a "$LOG"
+mode100=batched; [ "$impl" = unfold ] && mode100=batched-unfold
+stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes $mode100 \
   --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
 for method in sn lu; do
   stage "bnn-grid-$method" "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method $method \
@@ -113,7 +125,7 @@ extra=$(( ($(left) - 45) * 8 / 10 / per_net ))
 if (( extra >= 2 )); then
   [ "$smoke" = 1 ] || extra_src+=(--nets "$extra")
   stage source-extra $(( $(left) - 30 )) "${DWP[@]}" train-source "${extra_src[@]}" --seed 2 \
-    --device "$dev" --precision bf16 --no-progress --checkpoint-every 1000 \
+    --device "$dev" --precision bf16 --conv-impl "$impl" --no-progress --checkpoint-every 1000 \
     --out "$WORK/src-extra" &&
   stage kernels-extra 25 "${DWP[@]}" collect-kernels "$WORK/src-extra" "${cap[@]}" \
     --out "$WORK/kernels-src-extra" &&

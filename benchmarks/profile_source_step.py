@@ -9,6 +9,8 @@ process on the same random batch, one Adam step (forward + backward + update) of
   (fp32, TensorFloat-32, bf16 autocast, bf16 autocast + channels_last);
 - ``batched-bf16-1`` / ``batched-bf16-N``: ``dwp.batched`` (vmap over stacked parameters,
   grouped convolutions) with 1 and N nets, bf16 autocast;
+- ``unfold-bf16-1`` / ``unfold-bf16-N``: the same with convolutions as im2col + one batched
+  matrix product (``BatchedModel(conv_impl="unfold")``, ``dwp.convimpl``);
 
 reports seconds per step, per net, and the achieved TFLOP/s (from the nets' multiply-adds), and
 writes the top CUDA (or CPU) kernels of the batched step from ``torch.profiler``.
@@ -71,10 +73,10 @@ def plain_step(widths, x, y, precision: str, channels_last: bool):
     return step
 
 
-def batched_step(widths, x, y, nets: int):
+def batched_step(widths, x, y, nets: int, conv_impl: str = "native"):
     """A closure doing one step of ``nets`` nets through dwp.batched (bf16)."""
     model = BatchedModel(lambda: xavier_init_(FConvMNIST(tuple(widths))), list(range(nets)),
-                         device=x.device)
+                         device=x.device, conv_impl=conv_impl)
     trainer = BatchedTrainer(model, l2=1e-3, chunk_size="auto", precision="bf16")
     xb, yb = x.expand(nets, *x.shape), y.expand(nets, *y.shape)
     return lambda: trainer.step(xb, yb)
@@ -105,6 +107,9 @@ def main() -> None:
         "batched-bf16-1": (lambda: batched_step(args.widths, x, y, 1), 1),
         f"batched-bf16-{args.nets}": (lambda: batched_step(args.widths, x, y, args.nets),
                                       args.nets),
+        "unfold-bf16-1": (lambda: batched_step(args.widths, x, y, 1, "unfold"), 1),
+        f"unfold-bf16-{args.nets}": (lambda: batched_step(args.widths, x, y, args.nets,
+                                                          "unfold"), args.nets),
     }
     results = {}
     tf32_saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -120,15 +125,19 @@ def main() -> None:
                   f"{results[name]['tflops']:8.2f} TFLOP/s", flush=True)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_saved
 
-        step = batched_step(args.widths, x, y, args.nets)
-        time_steps(step, 1, args.warmup, dev)
         acts = [torch.profiler.ProfilerActivity.CPU]
         if dev.type == "cuda":
             acts.append(torch.profiler.ProfilerActivity.CUDA)
-        with torch.profiler.profile(activities=acts) as prof:
-            time_steps(step, 3, 0, dev)
-    sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+        sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        tables = []
+        for impl in ("native", "unfold"):
+            step = batched_step(args.widths, x, y, args.nets, impl)
+            time_steps(step, 1, args.warmup, dev)
+            with torch.profiler.profile(activities=acts) as prof:
+                time_steps(step, 3, 0, dev)
+            tables.append(f"## {args.nets} nets, conv_impl={impl}, 3 steps\n"
+                          + prof.key_averages().table(sort_by=sort, row_limit=25))
+    table = "\n\n".join(tables)
     print(table)
     record = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev)
               if dev.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -53,7 +53,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     xt, yt = test.images.to(device), test.labels.to(device)
     seeds = SourceConfig(nets=args.nets, seed=args.seed).net_seeds()
     factory = net_factory("fconv", args.widths, 1, 10)
-    groups = [seeds] if args.mode == "batched" else [[s] for s in seeds]
+    groups = [seeds] if args.mode.startswith("batched") else [[s] for s in seeds]
+    conv_impl = "unfold" if args.mode.endswith("-unfold") else "native"
     chunk = None if args.chunk_size == "all" else (
         "auto" if args.chunk_size == "auto" else int(args.chunk_size))
 
@@ -68,7 +69,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     with cudnn_autotune(device):  # as dwp train-source does
         for group in groups:
-            model = BatchedModel(factory, group, device=device)
+            model = BatchedModel(factory, group, device=device, conv_impl=conv_impl)
             trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2,
                                      chunk_size=chunk, precision=args.precision)
             for epoch in range(args.epochs):
@@ -89,6 +90,7 @@ def run_mode(args: argparse.Namespace) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "precision": args.precision,
+        "conv_impl": conv_impl,
     }
 
 
@@ -108,7 +110,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))
     p.add_argument("--modes", nargs="+", default=["batched", "sequential"],
-                   choices=["batched", "sequential"])
+                   choices=["batched", "sequential", "batched-unfold", "sequential-unfold"],
+                   help="batched: all nets in one vmapped computation; sequential: one net at a "
+                   "time; -unfold: convolutions as im2col + matmul (dwp.convimpl)")
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one mode
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
@@ -137,13 +141,17 @@ def main() -> None:
         "config": {k: v for k, v in vars(args).items() if k not in ("mode", "out")},
         "results": results,
     }
-    if len(results) == 2:
-        b, s = results
-        record["sequential_over_batched"] = s["wall_s"] / b["wall_s"]
-        diff = max(abs(a - c) for a, c in zip(b["heldout_acc"], s["heldout_acc"], strict=True))
-        record["max_abs_acc_difference"] = diff
-        print(f"sequential / batched wall time: {record['sequential_over_batched']:.2f}x; "
-              f"max per-net accuracy difference {diff:.4f}")
+    by_mode = {r["mode"]: r for r in results}
+    for slow, fast, key in (("sequential", "batched", "sequential_over_batched"),
+                            ("batched", "batched-unfold", "native_over_unfold")):
+        if slow in by_mode and fast in by_mode:
+            a, b = by_mode[slow], by_mode[fast]
+            record[key] = a["wall_s"] / b["wall_s"]
+            diff = max(abs(u - v) for u, v in zip(a["heldout_acc"], b["heldout_acc"],
+                                                  strict=True))
+            record[f"max_abs_acc_difference_{fast}_{slow}"] = diff
+            print(f"{slow} / {fast} wall time: {record[key]:.2f}x; "
+                  f"max per-net accuracy difference {diff:.4f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")

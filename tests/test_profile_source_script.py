@@ -49,9 +49,11 @@ def test_tiny_cpu_run_writes_results(benchmark_script, tmp_path, monkeypatch):
     mod.main()
     rec = json.loads(out.read_text())
     assert set(rec["results"]) == {"plain-fp32", "plain-tf32", "plain-bf16", "plain-bf16-cl",
-                                   "batched-bf16-1", "batched-bf16-2"}
+                                   "batched-bf16-1", "batched-bf16-2", "unfold-bf16-1",
+                                   "unfold-bf16-2"}
     for r in rec["results"].values():
         assert r["s_per_step"] > 0 and r["tflops"] > 0
     assert rec["results"]["batched-bf16-2"]["s_per_net_step"] == pytest.approx(
         rec["results"]["batched-bf16-2"]["s_per_step"] / 2)
-    assert "Name" in out.with_suffix(".txt").read_text()
+    text = out.with_suffix(".txt").read_text()
+    assert "conv_impl=native" in text and "conv_impl=unfold" in text and "Name" in text

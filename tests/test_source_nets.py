@@ -99,18 +99,23 @@ def _cifar_src_factory():
 
 
 @pytest.mark.parametrize(
-    ("factory", "shape", "classes", "chunk"),
-    [(_fconv_factory, (1, 28, 28), 10, 2), (_cifar_src_factory, (3, 32, 32), 5, None),
+    ("factory", "shape", "classes", "chunk", "conv_impl"),
+    [(_fconv_factory, (1, 28, 28), 10, 2, "native"),
+     (_cifar_src_factory, (3, 32, 32), 5, None, "native"),
      # chunks of one net take the plain (non-vmap) path on CPU, BatchNorm buffers included
-     (_fconv_factory, (1, 28, 28), 10, 1), (_cifar_src_factory, (3, 32, 32), 5, 1)],
+     (_fconv_factory, (1, 28, 28), 10, 1, "native"),
+     (_cifar_src_factory, (3, 32, 32), 5, 1, "native"),
+     # convolutions as im2col + batched matmul (dwp.convimpl)
+     (_fconv_factory, (1, 28, 28), 10, 2, "unfold"),
+     (_cifar_src_factory, (3, 32, 32), 5, None, "unfold")],
 )
-def test_batched_training_equals_one_by_one(factory, shape, classes, chunk):
+def test_batched_training_equals_one_by_one(factory, shape, classes, chunk, conv_impl):
     torch.manual_seed(0)
     n_ex, batch, epochs, lr, l2 = 40, 16, 2, 3e-3, 1e-3  # 3 steps/epoch, last batch of 8
     x = torch.rand(n_ex, *shape)
     y = torch.randint(0, classes, (n_ex,))
     seeds = [11, 22, 33]
-    model = BatchedModel(factory, seeds)
+    model = BatchedModel(factory, seeds, conv_impl=conv_impl)
     trainer = BatchedTrainer(model, lr=lr, epochs=epochs, l2=l2, chunk_size=chunk)
     for epoch in range(epochs):
         trainer.train_epoch(x, y, epoch, batch_size=batch)
@@ -307,9 +312,10 @@ def test_cli_train_source_takes_widths_as_several_values(tmp_path, data_root, ca
     out = tmp_path / "run"
     code = main(["train-source", "--widths", "2", "3", "--nets", "2", "--epochs", "1",
                  "--train-examples", "50", "--batch-size", "25", "--data-root", str(data_root),
-                 "--device", "cpu", "--no-progress", "--out", str(out)])
+                 "--device", "cpu", "--no-progress", "--conv-impl", "unfold", "--out", str(out)])
     assert code == 0
     assert json.loads((out / "nets.json").read_text())["widths"] == [2, 3]
+    assert json.loads((out / "config.json").read_text())["config"]["conv_impl"] == "unfold"
     assert "held-out accuracy" in capsys.readouterr().out
 
 
@@ -325,6 +331,10 @@ def test_parse_widths_and_bad_config():
         SourceConfig(dataset="svhn").resolved()
     with pytest.raises(DwpError, match="chunk-size"):
         SourceConfig(chunk_size="many").resolved()
+    with pytest.raises(DwpError, match="conv-impl must be one of native, unfold"):
+        SourceConfig(conv_impl="winograd").resolved()
+    with pytest.raises(DwpError, match="unknown convolution implementation"):
+        BatchedModel(_fconv_factory, [0], conv_impl="winograd")
 
 
 def test_module_docs_name_the_l2_convention():

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from dwp.convimpl import CONV_IMPLS, use_unfold_convs_
 from dwp.runtime import DwpError
 
 ModuleFactory = Callable[[], nn.Module]
@@ -103,6 +104,10 @@ class BatchedModel:
         One integer per net; net ``i`` is ``factory()`` built under ``torch.manual_seed(seeds[i])``.
     device, dtype:
         Where the stacked tensors live.
+    conv_impl:
+        How the nets' ``nn.Conv2d`` layers compute: ``"native"`` (``F.conv2d``; under vmap one
+        grouped convolution over the nets) or ``"unfold"`` (im2col + matmul, under vmap one
+        batched matrix product; see :mod:`dwp.convimpl`). Results agree up to float rounding.
 
     Attributes
     ----------
@@ -120,15 +125,22 @@ class BatchedModel:
         dtype: torch.dtype = torch.float32,
         *,
         sample_dim: int | None = None,
+        conv_impl: str = "native",
         _stacked: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
     ) -> None:
+        if conv_impl not in CONV_IMPLS:
+            raise DwpError(f"unknown convolution implementation {conv_impl!r}: use one of "
+                           f"{', '.join(CONV_IMPLS)}")
         self.factory = factory
+        self.conv_impl = conv_impl
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise DwpError("a batched model needs at least one net (seed)")
         template = factory()
         self.sample_dim = _infer_sample_dim(template) if sample_dim is None else sample_dim
         self.base = copy.deepcopy(template).to("meta")
+        if conv_impl == "unfold":
+            use_unfold_convs_(self.base)
         if _stacked is not None:
             self.params, self.buffers = _stacked
             return
@@ -216,6 +228,7 @@ class BatchedModel:
             self.factory,
             [self.seeds[i] for i in idx],
             sample_dim=self.sample_dim,
+            conv_impl=self.conv_impl,
             _stacked=(params, buffers),
         )
 
@@ -254,6 +267,7 @@ class BatchedModel:
         tensors: dict[str, torch.Tensor],
         seeds: Sequence[int] | None = None,
         device: torch.device | str = "cpu",
+        conv_impl: str = "native",
     ) -> BatchedModel:
         """Rebuild a ``BatchedModel`` from saved stacked tensors (e.g. a safetensors file)."""
         template = factory()
@@ -269,7 +283,7 @@ class BatchedModel:
             for k, _ in template.named_parameters()
         }
         buffers = {k: tensors[k].to(device).clone() for k, _ in template.named_buffers()}
-        return cls(factory, seeds, _stacked=(params, buffers))
+        return cls(factory, seeds, conv_impl=conv_impl, _stacked=(params, buffers))
 
 
 # -- data order ------------------------------------------------------------------------------

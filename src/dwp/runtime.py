@@ -156,8 +156,11 @@ def prepare_run_dir(out: str | Path, command: str, config: dict[str, Any]) -> Pa
     return out
 
 
-# Config keys that may change between a run and its resumption (they do not change results).
-RESUME_FREE_KEYS = frozenset({"device", "progress", "data_root", "download"})
+# Config keys that may change between a run and its resumption (they do not change results
+# beyond float rounding).
+RESUME_FREE_KEYS = frozenset(
+    {"device", "progress", "data_root", "download", "chunk_size", "conv_impl"}
+)
 
 
 def progress(iterable=None, *, total=None, desc: str | None = None, enabled: bool = True, **kw):

@@ -37,6 +37,7 @@ from dwp.batched import (
     cudnn_autotune,
     evaluate_accuracy,
 )
+from dwp.convimpl import CONV_IMPLS
 from dwp.nets import (
     CIFAR_SOURCE_WIDTHS,
     FCONV_SOURCE_WIDTHS,
@@ -88,6 +89,7 @@ class SourceConfig:
     train_examples: int | None = None
     chunk_size: str = "auto"
     precision: str = "fp32"
+    conv_impl: str = "native"
     checkpoint_every: int = 1
     device: str = "auto"
     data_root: str | None = None
@@ -116,6 +118,9 @@ class SourceConfig:
         if cfg.precision not in PRECISIONS:
             raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, "
                            f"got {cfg.precision!r}")
+        if cfg.conv_impl not in CONV_IMPLS:
+            raise DwpError(f"--conv-impl must be one of {', '.join(CONV_IMPLS)}, "
+                           f"got {cfg.conv_impl!r}")
         if cfg.chunk_size != "auto":
             try:
                 if int(cfg.chunk_size) < 1:
@@ -131,12 +136,15 @@ class SourceConfig:
         return [_seed_int(self.seed, i) for i in range(self.nets)]
 
     def record(self) -> dict[str, Any]:
-        """The config as written to ``config.json`` (``precision`` only when not fp32, so run
-        folders made before that option existed still resume)."""
+        """The config as written to ``config.json`` (``precision`` only when not fp32 and
+        ``conv_impl`` only when not native, so run folders made before those options existed
+        still resume)."""
         out = asdict(self)
         out.pop("extra")
         if out["precision"] == "fp32":
             out.pop("precision")
+        if out["conv_impl"] == "native":
+            out.pop("conv_impl")
         return out
 
 
@@ -228,7 +236,7 @@ def train_source_nets(
     prepare_run_dir(out, COMMAND, cfg.record())
 
     factory = net_factory(cfg.arch, cfg.widths, x_tr.shape[1], num_classes, cfg.width_factor)
-    model = BatchedModel(factory, cfg.net_seeds(), device=device)
+    model = BatchedModel(factory, cfg.net_seeds(), device=device, conv_impl=cfg.conv_impl)
     chunk = cfg.chunk_size if cfg.chunk_size == "auto" else int(cfg.chunk_size)
     trainer = BatchedTrainer(model, lr=cfg.lr, epochs=cfg.epochs, l2=cfg.l2, chunk_size=chunk,
                              precision=cfg.precision)

@@ -79,6 +79,12 @@ def train_source(
         "parameters and Adam stay float32). Much faster on GPUs; bf16 also ~1.6x on CPUs with "
         "AVX-512 BF16.",
     ),
+    conv_impl: str = typer.Option(
+        "native", "--conv-impl",
+        help="How convolutions compute: native (F.conv2d; many nets become one grouped "
+        "convolution) or unfold (im2col + one batched matrix product over the nets; "
+        "see BENCHMARKS.md for which is faster where). Does not change results.",
+    ),
     checkpoint_every: int = typer.Option(
         1, "--checkpoint-every", help="Write the resume checkpoint every N epochs."
     ),
@@ -102,7 +108,8 @@ def train_source(
         dataset=dataset, arch=arch, widths=parse_widths(widths, list(ctx.args)),
         width_factor=width_factor, nets=nets, epochs=epochs, lr=lr, l2=l2,
         batch_size=batch_size, seed=seed, train_examples=train_examples,
-        chunk_size=chunk_size, precision=precision, checkpoint_every=checkpoint_every,
+        chunk_size=chunk_size, precision=precision, conv_impl=conv_impl,
+        checkpoint_every=checkpoint_every,
         device=device,
         data_root=str(as_path(data_root)) if data_root else None, download=download,
         progress=show_progress,
