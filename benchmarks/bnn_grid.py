@@ -11,6 +11,8 @@ accuracies (which agree only in distribution: the random streams differ).
     python benchmarks/bnn_grid.py --method sn --n 50 --seeds 4 --steps 200 --device cpu
     python benchmarks/bnn_grid.py --method dwp --prior-dir PRIOR --kernel-subsample 512 \\
         --n 50 --seeds 10 --steps 10000 --device cuda     # one cell of the paper's grid
+    python benchmarks/bnn_grid.py --method sn --n 50 --seeds 10 --steps 200 --device cuda \\
+        --sides batched batched_graph                     # eager steps vs CUDA-graph replays
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="sn")
     ap.add_argument("--prior-dir", default=None)
+    ap.add_argument("--untrained-dwp", action="store_true",
+                    help="--method dwp with untrained paper-architecture VAEs (7x7, 5x5) as "
+                    "priors: the same cost per step as trained ones, for timing without a "
+                    "prior folder (accuracies then mean nothing)")
     ap.add_argument("--kernels", default=None, help="kernel set (fitted-gaussian)")
     ap.add_argument("--kernel-subsample", type=int, default=None)
     ap.add_argument("--n", type=int, default=50)
@@ -47,6 +53,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))
+    ap.add_argument("--sides", nargs="+", default=["batched", "one_at_a_time"],
+                    choices=["batched", "batched_graph", "one_at_a_time"],
+                    help="what to time: seeds trained together (eagerly or replaying a CUDA "
+                    "graph per step) and/or one at a time")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")
     args = ap.parse_args()
@@ -54,7 +64,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dev = select_device(args.device)
     method = canonical_method(args.method)
-    priors = resolve_priors(method, args.prior_dir, args.kernels, map_location=dev)
+    if args.untrained_dwp:
+        if method != "dwp":
+            raise SystemExit("--untrained-dwp goes with --method dwp")
+        from dwp.priors import KernelVAE
+
+        torch.manual_seed(0)
+        priors = {"conv1": KernelVAE(7).to(dev), "conv2": KernelVAE(5).to(dev)}
+    else:
+        priors = resolve_priors(method, args.prior_dir, args.kernels, map_location=dev)
     train = load_dataset("mnist", "train", args.data_root)
     test = load_dataset("mnist", "test", args.data_root)
     test = test.subset(torch.arange(min(args.test_examples, len(test))))
@@ -67,19 +85,21 @@ def main() -> None:
             torch.cuda.synchronize()
 
     out = {}
-    for side in ("batched", "one_at_a_time"):
+    for side in args.sides:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync()
         t0 = time.perf_counter()
-        if side == "batched":
-            recs = run_classification_seeds(method, args.n, seeds, **kw)
+        if side.startswith("batched"):
+            recs = run_classification_seeds(method, args.n, seeds, **kw,
+                                            cuda_graph=side == "batched_graph")
         else:
             recs = [run_classification(method, args.n, s, **kw) for s in seeds]
         sync()
         out[side] = {
             "seconds": round(time.perf_counter() - t0, 2),
             "mean_accuracy": round(sum(r["accuracy"] for r in recs) / len(recs), 4),
+            "cuda_graph": bool(recs[0].get("cuda_graph", False)),
             "peak_memory_bytes": int(torch.cuda.max_memory_allocated() if dev.type == "cuda"
                                      else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                      * 1024),
@@ -89,9 +109,14 @@ def main() -> None:
            else platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
            "n": args.n, "seeds": args.seeds, "steps": args.steps,
-           "kernel_subsample": args.kernel_subsample, "test_examples": len(test), **out,
-           "speedup": round(out["one_at_a_time"]["seconds"] / out["batched"]["seconds"], 3),
+           "kernel_subsample": args.kernel_subsample, "untrained_dwp": args.untrained_dwp,
+           "test_examples": len(test), **out,
            "load_avg_1min": os.getloadavg()[0]}
+    if "one_at_a_time" in out and "batched" in out:
+        row["speedup"] = round(out["one_at_a_time"]["seconds"] / out["batched"]["seconds"], 3)
+    if "batched_graph" in out and "batched" in out:
+        row["graph_speedup"] = round(out["batched"]["seconds"] / out["batched_graph"]["seconds"],
+                                     3)
     print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as fh:

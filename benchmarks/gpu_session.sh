@@ -6,8 +6,8 @@
 # that fails or times out is logged while the next one still runs. At most 8 files come back
 # from the device tool, so each stage writes one file (run folders travel as tar files).
 #
-#   bash benchmarks/gpu_session.sh prepare        # here, before the call: copies MNIST, notMNIST
-#                                                 # and a prior folder into .gpu/ (git-ignored)
+#   bash benchmarks/gpu_session.sh prepare        # here, before the call: copies MNIST and
+#                                                 # notMNIST into .gpu/ (git-ignored)
 #   device run: command "bash benchmarks/gpu_session.sh run", carry [".gpu"], timeout_s 560
 #   bash benchmarks/gpu_session.sh smoke          # the same stages, tiny, on the CPU (a check of
 #                                                 # this script; its numbers mean nothing)
@@ -18,12 +18,15 @@
 # grouped vs im2col + matmul convolutions); 1b. 10 nets x 2 epochs with both convolution
 # implementations, end to end (the faster one is used from then on);
 # 2. 100 paper-width source nets for 2 epochs (re-measure after the 32-bit-index chunk fix);
-# 3. grid cells of the explicit priors (standard normal, log-uniform), 10 seeds, 200 steps;
+# 3. CUDA-graph training: a correctness check (bnn_graph_check.py), then grid cells (dwp with
+# untrained VAEs of the paper's size, standard normal; 10 seeds, 200 steps) with eager steps vs
+# CUDA-graph replays;
 # 4. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs, extrapolated); 5. with the
 # time left, more paper-width source nets (seed 2) and their kernel sets.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
-# package runs from src/ without an install. PRIOR (for prepare) defaults to runs/prior-cpu3.
+# package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
+# untrained VAEs of the same size); PRIOR=folder makes prepare copy one to .gpu/prior anyway.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -31,12 +34,13 @@ mode=${1:-}
 
 case $mode in
   prepare)
-    prior=${PRIOR:-runs/prior-cpu3}
     data=${DWP_DATA_ROOT:-$ROOT/../shared/datasets}
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-    rm -rf .gpu && mkdir -p .gpu/data .gpu/prior
+    rm -rf .gpu && mkdir -p .gpu/data
     cp -r "$data/mnist" "$data/notmnist" .gpu/data/
-    cp -rL "$prior"/. .gpu/prior/            # -L: prior folders may be symlinks
+    if [ -n "${PRIOR:-}" ]; then             # optional: a trained prior folder to take along
+      mkdir -p .gpu/prior && cp -rL "$PRIOR"/. .gpu/prior/   # -L: it may hold symlinks
+    fi
     du -sh .gpu
     exit 0 ;;
   run) dev=cuda; smoke=0 ;;
@@ -85,7 +89,7 @@ if [ "$smoke" = 1 ]; then
   prof=(--widths 8 16 --nets 2 --batch 16 --steps 2 --warmup 1)
   scale=(--nets 4 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
   impl_cmp=(--nets 2 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
-  grid=(--n 20 --seeds 2 --steps 3 --test-examples 200 --threads 2)
+  grid=(--n 20 --seeds 2 --steps 5 --test-examples 200 --threads 2)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
   extra_src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
   cap=(--cap 2000); limits=(120 60 60 60); per_net=5
@@ -112,9 +116,12 @@ echo "== convolution implementation from here on: $impl" | tee -a "$LOG"
 mode100=batched; [ "$impl" = unfold ] && mode100=batched-unfold
 stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes $mode100 \
   --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
-for method in sn lu; do
+stage bnn-graph-check 60 "$PY" benchmarks/bnn_graph_check.py
+for method in dwp sn; do
+  extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
   stage "bnn-grid-$method" "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method $method \
-    "${grid[@]}" --device "$dev" --out "$OUT/bnn_grid.jsonl"
+    "${extra_grid[@]}" "${grid[@]}" --sides batched batched_graph --device "$dev" \
+    --out "$OUT/bnn_grid.jsonl"
 done
 stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
   --out "$OUT/priors.json"

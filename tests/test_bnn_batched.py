@@ -13,6 +13,7 @@ from dwp.bayes import BayesConv2d, BayesLinear, sampling
 from dwp.bnn import train_bnn
 from dwp.bnn_batched import train_bnn_batched
 from dwp.priors.gaussian import StandardNormal
+from dwp.runtime import DwpError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,3 +64,30 @@ def test_batched_sampling_mode_trains():
     assert all(math.isfinite(v) for v in last["loss"])
     assert sum(last["loss"]) < sum(first["loss"])
     assert not torch.equal(nets[0][0].weight_mu, nets[1][0].weight_mu)
+
+
+def test_cuda_graph_flag_on_cpu_trains_eagerly_with_the_same_result():
+    """CUDA graphs exist on CUDA only: on CPU the flag is a no-op (``cuda_graph`` False in the
+    result) and training equals the plain call. The GPU check is benchmarks/bnn_graph_check.py."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 12, 1, 8, 8), torch.randint(0, 3, (2, 12))
+    plain = [_net(s) for s in range(2)]
+    for net in plain:
+        net[0].mode = net[4].mode = "mean"
+    flagged = copy.deepcopy(plain)
+    a = train_bnn_batched(plain, x, y, steps=6, lr=3e-2, record_losses=True)
+    b = train_bnn_batched(flagged, x, y, steps=6, lr=3e-2, cuda_graph=True, record_losses=True)
+    assert a["cuda_graph"] is False and b["cuda_graph"] is False
+    assert a["history"].shape == (6, 2)
+    torch.testing.assert_close(a["history"], b["history"])
+    assert a["history"][-1].sum() < a["history"][0].sum()
+    for p, q in zip(plain[1].parameters(), flagged[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_non_finite_loss_is_reported():
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DwpError, match="non-finite"):
+        train_bnn_batched([_net(0)], x, y, steps=3, lr=1e-2)

@@ -10,13 +10,22 @@ noise (``randomness="different"``), so the random streams differ from single run
 
 With ``kernel_subsample`` every step draws one random subset of kernels per layer, shared by
 all nets: each net's KL estimate is still unbiased.
+
+On CUDA a training step of these small nets is bound by kernel launches (the priors' VAEs are
+a dozen small layers, run forward and backward every step). ``cuda_graph=True`` records one
+whole step (forward, backward, Adam) as a CUDA graph after a few eager warm-up steps and
+replays it: the random numbers (LRT noise, auxiliary samples, kernel subsets, then drawn on the
+device) are fresh at every replay. Full-batch training only (the paper's setting for N <= 1000);
+if recording fails the run goes on eagerly with a warning. The loop never waits for the GPU
+except to check every ``CHECK_EVERY`` steps that the losses are finite.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +35,11 @@ from torch.func import functional_call, stack_module_state, vmap
 from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
 from dwp.bnn import resolve_batch_size
 from dwp.runtime import DwpError, progress
+
+#: Steps between checks that the losses are finite (each check waits for the device).
+CHECK_EVERY = 100
+#: Eager steps before a CUDA graph is recorded (they initialise Adam's state and the libraries).
+GRAPH_WARMUP = 3
 
 
 class _NegElbo(nn.Module):
@@ -53,20 +67,26 @@ def train_bnn_batched(
     kernel_subsample: int | None = None,
     generator: torch.Generator | None = None,
     randomness: str = "different",
+    cuda_graph: bool = False,
+    record_losses: bool = False,
     show_progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``models`` (same architecture, priors and modes) together; results written back.
 
     ``images`` (M, N, C, H, W) and ``labels`` (M, N) give each of the M nets its own data (or
     (N, C, H, W) / (N,) shared). Adam, lr linearly decayed to 0 over ``steps``; full batch for
-    N <= 1000, else mini-batches with one shared index order. Returns
-    ``{"loss": (M,) final losses, "steps", "seconds"}``.
+    N <= 1000, else mini-batches with one shared index order. ``cuda_graph``: replay each step
+    as a recorded CUDA graph (CUDA and full batch only; see the module docstring). Returns
+    ``{"loss": (M,) final losses, "steps", "seconds", "cuda_graph": whether graphs ran}``,
+    plus ``"history"``: (steps, M) losses of every step when ``record_losses``.
     """
     m = len(models)
     if m == 0:
         raise DwpError("train_bnn_batched needs at least one model")
     if not bayes_layers(models[0]):
         raise DwpError("the models have no variational layers: use dwp.bayes.bayesianize first")
+    if steps < 1:
+        raise DwpError(f"steps must be >= 1, got {steps}")
     device = next(models[0].parameters()).device
     shared = images.ndim == 4
     n = images.shape[0] if shared else images.shape[1]
@@ -75,6 +95,7 @@ def train_bnn_batched(
     x, y = images.to(device), labels.to(device)
     bs = resolve_batch_size(n, batch_size)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    use_graph = cuda_graph and device.type == "cuda" and bs >= n and steps > GRAPH_WARMUP
 
     wrappers = [_NegElbo(mod, n) for mod in models]
     params, buffers = stack_module_state(wrappers)
@@ -87,12 +108,23 @@ def train_bnn_batched(
 
     in_x = None if shared else 0
     f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
-    opt = torch.optim.Adam(list(trainable.values()), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
+    # capturable Adam keeps its step counts on the device and takes the lr as a device tensor
+    opt = torch.optim.Adam(list(trainable.values()),
+                           lr=torch.tensor(lr, device=device) if use_graph else lr,
+                           capturable=use_graph)
+
+    def set_lr(t: int) -> None:
+        value = lr * max(0.0, 1.0 - t / steps)
+        for group in opt.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
     perm, pos = torch.randperm(n, generator=g), 0
-    t0 = time.perf_counter()
-    losses = torch.zeros(m)
-    for _ in progress(range(steps), desc=f"train-bnn x{m}", enabled=show_progress):
+
+    def eager_step() -> torch.Tensor:
+        nonlocal perm, pos
         if bs >= n:
             idx = torch.arange(n)
         else:
@@ -107,17 +139,96 @@ def train_bnn_batched(
             for k, v in draw_kernel_indices(models[0], kernel_subsample, g).items()}
         opt.zero_grad(set_to_none=True)
         per_net = f({**trainable, **frozen}, buffers, xb, yb, ind)
-        if not torch.isfinite(per_net).all():
-            raise DwpError("a loss became non-finite in batched training: lower the lr")
         per_net.sum().backward()
         opt.step()
-        sched.step()
-        losses = per_net.detach().cpu()
+        return per_net.detach()
+
+    def graph_body() -> torch.Tensor:  # full batch; kernel subsets drawn on the device
+        ind = {} if kernel_subsample is None else _device_kernel_indices(
+            models[0], kernel_subsample, device)
+        per_net = f({**trainable, **frozen}, buffers, x, y, ind)
+        per_net.sum().backward()
+        opt.step()
+        return per_net.detach()
+
+    t0 = time.perf_counter()
+    losses = torch.zeros(m)
+    step_fn: Callable[[], torch.Tensor] = eager_step
+    graphed = False
+    history: list[torch.Tensor] = []
+    # warm-up steps before a recording run on a side stream (PyTorch's recipe for CUDA graphs)
+    side = torch.cuda.Stream(device) if use_graph else None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(device))
+    for t in progress(range(steps), desc=f"train-bnn x{m}", enabled=show_progress):
+        if side is not None and t == GRAPH_WARMUP:
+            torch.cuda.current_stream(device).wait_stream(side)
+            side = None
+            step_fn, graphed = _record_step(graph_body, opt, eager_step)
+        if side is not None:
+            with torch.cuda.stream(side):
+                set_lr(t)
+                losses = step_fn()
+        else:
+            set_lr(t)
+            losses = step_fn()
+        if record_losses:
+            history.append(losses.clone())
+        if (t + 1) % CHECK_EVERY == 0 or t == steps - 1:
+            if not torch.isfinite(losses).all():
+                raise DwpError(f"a loss became non-finite in batched training by step {t + 1}: "
+                               "lower the lr")
+    losses = losses.cpu()
     with torch.no_grad():
         for i, w in enumerate(wrappers):
             state = {k: v[i] for k, v in {**trainable, **frozen, **buffers}.items()}
             w.load_state_dict(state, strict=True)
-    return {"loss": losses.tolist(), "steps": steps, "seconds": time.perf_counter() - t0}
+    out = {"loss": losses.tolist(), "steps": steps, "seconds": time.perf_counter() - t0,
+           "cuda_graph": graphed}
+    if record_losses:
+        out["history"] = torch.stack(history).cpu()
+    return out
+
+
+def _device_kernel_indices(
+    model: nn.Module, kernel_subsample: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Like :func:`dwp.bayes.draw_kernel_indices`, drawn with the device's generator (a uniform
+    subset without replacement: the first m of a random order), so a CUDA graph can record it."""
+    out = {}
+    for name, layer in bayes_layers(model):
+        k = layer.num_kernels()
+        if layer.prior is not None and kernel_subsample < k:
+            out[name] = torch.rand(k, device=device).argsort()[:kernel_subsample]
+    return out
+
+
+def _record_step(
+    body: Callable[[], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    fallback: Callable[[], torch.Tensor],
+) -> tuple[Callable[[], torch.Tensor], bool]:
+    """Record ``body`` (one full training step) as a CUDA graph; return (replay, True), or
+    (fallback, False) with a warning when recording fails. The recording itself computes
+    nothing, so the caller's step count is unaffected."""
+    torch.cuda.synchronize()
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            out = body()
+    except RuntimeError as exc:  # an op that cannot be recorded: go on eagerly
+        warnings.warn(f"CUDA graph recording failed, training eagerly instead: {exc}",
+                      RuntimeWarning, stacklevel=3)
+        torch.cuda.synchronize()
+        opt.zero_grad(set_to_none=True)
+        return fallback, False
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay, True
 
 
 def run_classification_seeds(
@@ -139,6 +250,7 @@ def run_classification_seeds(
     lr: float = 1e-3,
     batch_size: int | None = None,
     widths: Sequence[int] = (32, 128),
+    cuda_graph: bool = False,
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once.
@@ -147,7 +259,8 @@ def run_classification_seeds(
     initialised exactly as a single run does; the models are then trained together by
     :func:`train_bnn_batched` (their own LRT / KL noise per net, one kernel subset per step
     shared by all nets) and evaluated one by one. Returns one record per seed, in order, with
-    the fields of a single run plus ``batched`` (how many nets trained together); ``seconds``
+    the fields of a single run plus ``batched`` (how many nets trained together) and
+    ``cuda_graph`` (whether steps replayed a CUDA graph); ``seconds``
     is the group's wall time divided by the number of nets. Bayesian methods only.
     """
     from dwp.bnn import build_bayes_model, canonical_method, evaluate, fconv_factory
@@ -173,10 +286,10 @@ def run_classification_seeds(
             log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
         models.append(model)
     x, y = torch.stack(xs), torch.stack(ys)
-    train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,
-                      kernel_subsample=kernel_subsample,
-                      generator=torch.Generator().manual_seed(int(seeds[0])),
-                      show_progress=show_progress)
+    trained = train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,
+                                kernel_subsample=kernel_subsample,
+                                generator=torch.Generator().manual_seed(int(seeds[0])),
+                                cuda_graph=cuda_graph, show_progress=show_progress)
     records = []
     for i, (seed, model) in enumerate(zip(seeds, models, strict=True)):
         with torch.no_grad():
@@ -188,7 +301,7 @@ def run_classification_seeds(
         rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,
                                "device": str(device), "ensemble": ensemble}
         rec.update(settings, kernel_subsample=kernel_subsample, final_train_nll=final_nll,
-                   final_kl=final_kl, batched=len(models))
+                   final_kl=final_kl, batched=len(models), cuda_graph=trained["cuda_graph"])
         rec.update(metrics)
         records.append(rec)
     seconds = (time.perf_counter() - t0) / len(models)

@@ -196,6 +196,11 @@ def experiment_classification(
         "(Bayesian methods; a killed cell reruns whole), or each run alone. Default: batched "
         "on CUDA, one at a time on CPU (where vmapped convolutions are slower: BENCHMARKS.md).",
     ),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph/--no-cuda-graph",
+        help="With --batch-seeds on CUDA: record one training step as a CUDA graph and replay "
+        "it (removes per-step launch overhead; full-batch sizes only, else eager).",
+    ),
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
     test_examples: int | None = TestExamples,
     device: str = Device,
@@ -270,7 +275,8 @@ def experiment_classification(
         if len(group) > 1:
             from dwp.bnn_batched import run_classification_seeds
 
-            recs = run_classification_seeds(m, n, group, priors=priors[m], **common)
+            recs = run_classification_seeds(m, n, group, priors=priors[m],
+                                            cuda_graph=cuda_graph, **common)
         else:
             recs = [run_classification(m, n, group[0], priors=priors[m], **common)]
         for rec in recs:
