@@ -339,3 +339,38 @@ def test_parse_widths_and_bad_config():
 
 def test_module_docs_name_the_l2_convention():
     assert "added to the loss" in batched_mod.__doc__
+
+
+def test_shift_images_translates_with_zero_fill():
+    from dwp.batched import shift_images
+
+    x = torch.arange(2 * 2 * 5 * 6, dtype=torch.float64).reshape(2, 2, 5, 6) + 1
+    shifts = torch.tensor([[1, -2], [0, 0]])
+    out = shift_images(x, shifts)
+    ref = torch.zeros_like(x[0])
+    ref[:, 1:, :4] = x[0, :, :4, 2:]  # out[i, j] = x[i - 1, j + 2]
+    torch.testing.assert_close(out[0], ref)
+    torch.testing.assert_close(out[1], x[1])
+    assert shift_images(x, torch.zeros(2, 2, dtype=torch.long)) is x
+
+
+def test_augmented_nets_train_the_same_together_or_alone():
+    """Shifts depend on each net's own seed only, so batching does not change them."""
+    from dwp.batched import epoch_shifts
+
+    torch.manual_seed(0)
+    x, y = torch.rand(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    s = epoch_shifts([5, 6], 0, 24, 2)
+    assert s.shape == (2, 24, 2) and s.abs().max() <= 2 and not torch.equal(s[0], s[1])
+    torch.testing.assert_close(epoch_shifts([6], 0, 24, 2)[0], s[1])
+    together = BatchedModel(_fconv_factory, [5, 6])
+    BatchedTrainer(together, lr=3e-3, epochs=1, augment_shift=2).train_epoch(x, y, 0, 8)
+    alone = BatchedModel(_fconv_factory, [6])
+    BatchedTrainer(alone, lr=3e-3, epochs=1, augment_shift=2).train_epoch(x, y, 0, 8)
+    plain = BatchedModel(_fconv_factory, [6])
+    BatchedTrainer(plain, lr=3e-3, epochs=1).train_epoch(x, y, 0, 8)
+    w = "features.conv1.weight"
+    torch.testing.assert_close(together.params[w][1], alone.params[w][0], rtol=1e-4, atol=2e-6)
+    assert not torch.allclose(plain.params[w][0], alone.params[w][0], atol=1e-6)
+    with pytest.raises(DwpError, match="augment"):
+        SourceConfig(augment_shift=-1).resolved()

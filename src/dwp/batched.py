@@ -300,6 +300,38 @@ def epoch_orders(seeds: Sequence[int], epoch: int, n_examples: int) -> torch.Ten
     return torch.stack(rows)
 
 
+def epoch_shifts(
+    seeds: Sequence[int], epoch: int, n_examples: int, max_shift: int
+) -> torch.Tensor:
+    """Per-net random translations for ``epoch``: LongTensor (n_nets, n_examples, 2) of (dy, dx)
+    in [-max_shift, max_shift], one per position of the epoch's order. Like
+    :func:`epoch_orders`, row ``i`` depends only on ``(seeds[i], epoch)``."""
+    rows = []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(_seed_int(s, epoch, 0x5A1F7))
+        rows.append(torch.randint(-max_shift, max_shift + 1, (n_examples, 2), generator=gen))
+    return torch.stack(rows)
+
+
+def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translate each image by whole pixels, filling with zeros.
+
+    x (N, C, H, W), shifts (N, 2) integer (dy, dx): ``out[n, :, i, j] = x[n, :, i - dy, j - dx]``
+    where that pixel exists, else 0. Returns (N, C, H, W).
+    """
+    n, c, h, w = x.shape
+    m = int(shifts.abs().max()) if shifts.numel() else 0
+    if m == 0:
+        return x
+    xp = F.pad(x, (m, m, m, m))
+    wp = w + 2 * m
+    dev = x.device
+    rows = torch.arange(h, device=dev)[None, :, None] + m - shifts[:, 0, None, None]
+    cols = torch.arange(w, device=dev)[None, None, :] + m - shifts[:, 1, None, None]
+    idx = (rows * wp + cols).reshape(n, 1, h * w).expand(n, c, h * w)
+    return xp.flatten(2).gather(2, idx).reshape(n, c, h, w)
+
+
 def linear_decay_lr(lr: float, epoch: int, epochs: int) -> float:
     """Learning rate of epoch ``epoch`` (0-based): ``lr * (1 - epoch / epochs)``."""
     return lr * max(0.0, 1.0 - epoch / epochs)
@@ -459,6 +491,10 @@ class BatchedTrainer:
         Arithmetic of the forward/backward passes (parameters, gradients and Adam stay
         float32): ``"fp32"`` (default), ``"tf32"`` (CUDA matmuls/convolutions in TensorFloat-32;
         no effect on CPU) or ``"bf16"`` (``torch.autocast`` to bfloat16; the loss in float32).
+    augment_shift:
+        Train on images translated by up to this many pixels (zero fill), drawn anew for every
+        example and epoch by :func:`epoch_shifts`; 0 (default, the paper) trains on the images
+        as they are.
     """
 
     def __init__(
@@ -473,7 +509,11 @@ class BatchedTrainer:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         precision: str = "fp32",
+        augment_shift: int = 0,
     ) -> None:
+        if augment_shift < 0:
+            raise DwpError(f"augment_shift must be >= 0 pixels, got {augment_shift}")
+        self.augment_shift = int(augment_shift)
         if precision not in PRECISIONS:
             raise DwpError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.precision = precision
@@ -578,7 +618,8 @@ class BatchedTrainer:
         """Train every net for one epoch over ``images`` (N, ...) / ``labels`` (N,).
 
         Net ``i`` visits the examples in the order ``epoch_orders(seeds, epoch, N)[i]`` in
-        batches of ``batch_size`` (the last one may be smaller). ``on_step(epoch, step)`` is
+        batches of ``batch_size`` (the last one may be smaller), translated by
+        ``epoch_shifts`` when ``augment_shift`` is set. ``on_step(epoch, step)`` is
         called before each step (a progress or test hook). Returns per-net mean ``loss`` and
         ``train_acc`` lists and the ``lr`` used.
         """
@@ -586,13 +627,19 @@ class BatchedTrainer:
         n_examples = images.shape[0]
         lr = self.set_epoch_lr(epoch)
         orders = epoch_orders(model.seeds, epoch, n_examples).to(images.device)
+        shifts = (epoch_shifts(model.seeds, epoch, n_examples, self.augment_shift)
+                  .to(images.device) if self.augment_shift else None)
         loss_sum = torch.zeros(model.n, device=images.device, dtype=torch.float64)
         correct = torch.zeros(model.n, device=images.device, dtype=torch.long)
         for step, start in enumerate(range(0, n_examples, batch_size)):
             if on_step is not None:
                 on_step(epoch, step)
             idx = orders[:, start : start + batch_size]
-            loss, corr = self.step(images[idx], labels[idx])
+            xb = images[idx]
+            if shifts is not None:
+                sb = shifts[:, start : start + batch_size]
+                xb = shift_images(xb.flatten(0, 1), sb.flatten(0, 1)).view_as(xb)
+            loss, corr = self.step(xb, labels[idx])
             loss_sum += loss.double() * idx.shape[1]
             correct += corr
         return {

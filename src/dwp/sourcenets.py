@@ -90,6 +90,7 @@ class SourceConfig:
     chunk_size: str = "auto"
     precision: str = "fp32"
     conv_impl: str = "native"
+    augment_shift: int = 0
     checkpoint_every: int = 1
     device: str = "auto"
     data_root: str | None = None
@@ -118,6 +119,8 @@ class SourceConfig:
         if cfg.precision not in PRECISIONS:
             raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, "
                            f"got {cfg.precision!r}")
+        if cfg.augment_shift < 0:
+            raise DwpError(f"--augment-shift must be >= 0 pixels, got {cfg.augment_shift}")
         if cfg.conv_impl not in CONV_IMPLS:
             raise DwpError(f"--conv-impl must be one of {', '.join(CONV_IMPLS)}, "
                            f"got {cfg.conv_impl!r}")
@@ -136,15 +139,17 @@ class SourceConfig:
         return [_seed_int(self.seed, i) for i in range(self.nets)]
 
     def record(self) -> dict[str, Any]:
-        """The config as written to ``config.json`` (``precision`` only when not fp32 and
-        ``conv_impl`` only when not native, so run folders made before those options existed
-        still resume)."""
+        """The config as written to ``config.json`` (``precision``, ``conv_impl`` and
+        ``augment_shift`` only when not at their defaults, so run folders made before those
+        options existed still resume)."""
         out = asdict(self)
         out.pop("extra")
         if out["precision"] == "fp32":
             out.pop("precision")
         if out["conv_impl"] == "native":
             out.pop("conv_impl")
+        if not out["augment_shift"]:
+            out.pop("augment_shift")
         return out
 
 
@@ -239,7 +244,7 @@ def train_source_nets(
     model = BatchedModel(factory, cfg.net_seeds(), device=device, conv_impl=cfg.conv_impl)
     chunk = cfg.chunk_size if cfg.chunk_size == "auto" else int(cfg.chunk_size)
     trainer = BatchedTrainer(model, lr=cfg.lr, epochs=cfg.epochs, l2=cfg.l2, chunk_size=chunk,
-                             precision=cfg.precision)
+                             precision=cfg.precision, augment_shift=cfg.augment_shift)
     epochs_done = _load_checkpoint(out, trainer)
     rows = _trim_metrics(out, epochs_done)
 

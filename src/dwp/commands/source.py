@@ -85,6 +85,12 @@ def train_source(
         "convolution) or unfold (im2col + one batched matrix product over the nets; "
         "see BENCHMARKS.md for which is faster where). Does not change results.",
     ),
+    augment_shift: int = typer.Option(
+        0, "--augment-shift",
+        help="Translate training images by up to this many pixels (zero fill), a new draw "
+        "per example and epoch. 0 (default) as in the paper; a stand-in for a larger source "
+        "set (BENCHMARKS.md).",
+    ),
     checkpoint_every: int = typer.Option(
         1, "--checkpoint-every", help="Write the resume checkpoint every N epochs."
     ),
@@ -109,7 +115,7 @@ def train_source(
         width_factor=width_factor, nets=nets, epochs=epochs, lr=lr, l2=l2,
         batch_size=batch_size, seed=seed, train_examples=train_examples,
         chunk_size=chunk_size, precision=precision, conv_impl=conv_impl,
-        checkpoint_every=checkpoint_every,
+        augment_shift=augment_shift, checkpoint_every=checkpoint_every,
         device=device,
         data_root=str(as_path(data_root)) if data_root else None, download=download,
         progress=show_progress,
