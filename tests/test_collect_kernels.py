@@ -142,3 +142,20 @@ def test_cli_collect_kernels(run, tmp_path, capsys):
         "conv2.json", "conv2.png", "conv2.safetensors"]
     assert load_kernel_file(tmp_path / "k" / "conv2.safetensors")["train"].shape == (7, 5, 5)
     assert "conv2 5x5" in capsys.readouterr().out
+
+
+def test_roughness_and_principal_variance_on_known_kernels():
+    from dwp.kernels import principal_variance, roughness
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(20000, 5, 5, generator=g)
+    assert roughness(noise) == pytest.approx(3.2, rel=0.02)  # 4 (k - 1) / k
+    assert roughness(torch.ones(3, 7, 7)) == 0.0
+    ramp = torch.arange(5.0).expand(5, 5)  # one unit step per column: 20 / sum of squares
+    assert roughness(ramp[None]) == pytest.approx(20 / ramp.square().sum().item())
+    pv = principal_variance(noise)
+    assert pv["top4"] == pytest.approx(4 / 25, abs=0.02) and pv["top8"] > pv["top4"]
+    # kernels spanned by two fixed patterns: all variance in the top 2 directions
+    basis = torch.randn(2, 25, generator=g)
+    low_rank = (torch.randn(500, 2, generator=g) @ basis).reshape(500, 5, 5)
+    assert principal_variance(low_rank, ranks=(2,))["top2"] == pytest.approx(1.0)

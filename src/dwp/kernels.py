@@ -100,6 +100,29 @@ def norm_stats(norms: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def roughness(kernels: torch.Tensor) -> float:
+    """Pooled roughness of kernels (N, k, k): the sum over kernels of squared differences
+    between horizontally and vertically adjacent entries, over the sum of squared entries.
+
+    0 for constant kernels; for white noise its expectation is 4 (k - 1) / k (3.2 for 5x5,
+    3.43 for 7x7). Lower means smoother, more structured kernels.
+    """
+    w = kernels.double()
+    vertical = (w[:, 1:, :] - w[:, :-1, :]).square().sum()
+    horizontal = (w[:, :, 1:] - w[:, :, :-1]).square().sum()
+    diffs = vertical + horizontal
+    return float(diffs / w.square().sum().clamp_min(1e-300))
+
+
+def principal_variance(kernels: torch.Tensor, ranks: tuple[int, ...] = (4, 8)) -> dict[str, float]:
+    """Fraction of the kernels' variance (about their mean) in the top principal directions:
+    ``{"top4": ..., "top8": ...}`` for (N, k, k) kernels."""
+    x = kernels.flatten(1).double()
+    eig = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0).clamp_min(0)
+    total = eig.sum().clamp_min(1e-300)
+    return {f"top{r}": float(eig[:r].sum() / total) for r in ranks}
+
+
 def select_layer(
     weight: torch.Tensor,
     train_nets: list[int],
