@@ -374,3 +374,20 @@ def test_predict_averages_probabilities():
     # averaging over samples: the ensemble is less confident than typical single draws
     assert not torch.allclose(p, p_mean, atol=1e-3)
     assert model.training
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_draw_kernel_indices_is_a_subset_without_replacement(on_device):
+    """Both ways of drawing (CPU generator; the device's generator, which CUDA graphs record)
+    give m distinct in-range indices for layers with more than m kernels, none otherwise."""
+    from dwp.bayes import draw_kernel_indices
+
+    torch.manual_seed(0)
+    prior = StandardNormal()
+    net = torch.nn.Sequential(BayesConv2d(2, 3, 3, prior=prior), BayesConv2d(3, 1, 3, prior=prior))
+    kw = {"device": torch.device("cpu")} if on_device else {"generator": torch.Generator()}
+    ind = draw_kernel_indices(net, 4, **kw)
+    assert set(ind) == {"0"}  # 6 kernels > 4; the second layer has only 3
+    idx = ind["0"]
+    assert idx.shape == (4,) and idx.dtype == torch.long
+    assert len(set(idx.tolist())) == 4 and 0 <= idx.min() and idx.max() < 6

@@ -344,16 +344,27 @@ def kl(
 
 
 def draw_kernel_indices(
-    model: nn.Module, kernel_subsample: int, generator: torch.Generator | None = None
+    model: nn.Module,
+    kernel_subsample: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per variational layer with more than ``kernel_subsample`` kernels, a uniform draw of that
-    many kernel indices without replacement: ``{layer name: (m,) LongTensor}`` (CPU)."""
+    many kernel indices without replacement: ``{layer name: (m,) LongTensor}``.
+
+    By default drawn on the CPU with ``generator``. With ``device`` they are drawn there with
+    the device's own generator (the first m of a random order, ``rand(n).argsort()``), with no
+    host round trip, so a CUDA graph can record the draw.
+    """
     _check_subsample(kernel_subsample)
     out = {}
     for name, layer in bayes_layers(model):
         n = layer.num_kernels()
         if layer.prior is not None and kernel_subsample < n:
-            out[name] = _subsample_index(n, kernel_subsample, generator)
+            if device is None:
+                out[name] = _subsample_index(n, kernel_subsample, generator)
+            else:
+                out[name] = torch.rand(n, device=device).argsort()[:kernel_subsample]
     return out
 
 

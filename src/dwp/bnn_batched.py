@@ -26,6 +26,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -138,15 +139,16 @@ def train_bnn_batched(
             k: v.to(device)
             for k, v in draw_kernel_indices(models[0], kernel_subsample, g).items()}
         opt.zero_grad(set_to_none=True)
-        per_net = f({**trainable, **frozen}, buffers, xb, yb, ind)
-        per_net.sum().backward()
-        opt.step()
-        return per_net.detach()
+        return update(xb, yb, ind)
 
     def graph_body() -> torch.Tensor:  # full batch; kernel subsets drawn on the device
-        ind = {} if kernel_subsample is None else _device_kernel_indices(
-            models[0], kernel_subsample, device)
-        per_net = f({**trainable, **frozen}, buffers, x, y, ind)
+        ind = {} if kernel_subsample is None else draw_kernel_indices(
+            models[0], kernel_subsample, device=device)
+        return update(x, y, ind)
+
+    def update(xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
+        """Forward, backward and one Adam step; the per-net losses (M,)."""
+        per_net = f({**trainable, **frozen}, buffers, xb, yb, ind)
         per_net.sum().backward()
         opt.step()
         return per_net.detach()
@@ -165,11 +167,7 @@ def train_bnn_batched(
             torch.cuda.current_stream(device).wait_stream(side)
             side = None
             step_fn, graphed = _record_step(graph_body, opt, eager_step)
-        if side is not None:
-            with torch.cuda.stream(side):
-                set_lr(t)
-                losses = step_fn()
-        else:
+        with torch.cuda.stream(side) if side is not None else nullcontext():
             set_lr(t)
             losses = step_fn()
         if record_losses:
@@ -187,19 +185,6 @@ def train_bnn_batched(
            "cuda_graph": graphed}
     if record_losses:
         out["history"] = torch.stack(history).cpu()
-    return out
-
-
-def _device_kernel_indices(
-    model: nn.Module, kernel_subsample: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Like :func:`dwp.bayes.draw_kernel_indices`, drawn with the device's generator (a uniform
-    subset without replacement: the first m of a random order), so a CUDA graph can record it."""
-    out = {}
-    for name, layer in bayes_layers(model):
-        k = layer.num_kernels()
-        if layer.prior is not None and kernel_subsample < k:
-            out[name] = torch.rand(k, device=device).argsort()[:kernel_subsample]
     return out
 
 

@@ -139,15 +139,13 @@ class SourceConfig:
         return [_seed_int(self.seed, i) for i in range(self.nets)]
 
     def record(self) -> dict[str, Any]:
-        """The config as written to ``config.json`` (``precision``, ``conv_impl`` and
-        ``augment_shift`` only when not at their defaults, so run folders made before those
-        options existed still resume)."""
+        """The config as written to ``config.json`` (``precision`` and ``augment_shift`` only
+        when not at their defaults, so run folders made before those options existed still
+        resume; ``conv_impl`` may change on resumption anyway, see ``RESUME_FREE_KEYS``)."""
         out = asdict(self)
         out.pop("extra")
         if out["precision"] == "fp32":
             out.pop("precision")
-        if out["conv_impl"] == "native":
-            out.pop("conv_impl")
         if not out["augment_shift"]:
             out.pop("augment_shift")
         return out
