@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Choose the number of training steps per method on the validation split, not the test set.
+#
+# Trains `dwp train-bnn` at N images for every (method, steps, seed) given, two runs at a time
+# with one thread each (CPU-2), then scores every run on the validation split of
+# benchmarks/bnn_validation.py (MNIST training images not among the N).
+#
+#   PRIOR=runs/prior-cpu3aug N=50 SEEDS="0 1 2 3 4" STEPS="100 250 500 1000 2000" \
+#       METHODS="dwp sn lu" bash benchmarks/steps_sweep.sh
+#
+# Runs go to runs/steps-{method}-n{N}-t{steps}-s{seed}; finished runs (metrics.json present)
+# are skipped, so a killed sweep resumes. Validation rows are appended to $VAL_OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-.venv/bin/python}
+DWP=${DWP:-.venv/bin/dwp}
+N=${N:-50}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
+STEPS=${STEPS:-"1000 2000 4000"}
+METHODS=${METHODS:-"dwp sn lu"}
+PRIOR=${PRIOR:-runs/prior-cpu3aug}
+JOBS=${JOBS:-2}
+VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
+
+jobs_file=$(mktemp)
+trap 'rm -f "$jobs_file"' EXIT
+for steps in $STEPS; do
+  for method in $METHODS; do
+    for seed in $SEEDS; do
+      out=runs/steps-$method-n$N-t$steps-s$seed
+      [[ -f $out/metrics.json ]] && continue
+      extra=""
+      if [[ $method == dwp ]]; then
+        extra="--prior-dir $PRIOR --freeze-reverse --kernel-subsample 128"
+      fi
+      echo "OMP_NUM_THREADS=1 $DWP train-bnn --prior $method $extra --n $N --seed $seed \
+--steps $steps --device cpu --no-progress --out $out > $out.log 2>&1 || echo FAILED $out" >> "$jobs_file"
+    done
+  done
+done
+
+echo "$(wc -l < "$jobs_file") runs to train"
+xargs -P "$JOBS" -I{} bash -c {} < "$jobs_file"
+
+runs=()
+for method in $METHODS; do
+  for steps in $STEPS; do
+    for seed in $SEEDS; do
+      out=runs/steps-$method-n$N-t$steps-s$seed
+      [[ -f $out/metrics.json ]] && runs+=("$out")
+    done
+  done
+done
+OMP_NUM_THREADS=2 "$PY" benchmarks/bnn_validation.py "${runs[@]}" --threads 2 --out "$VAL_OUT"

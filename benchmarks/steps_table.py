@@ -1,0 +1,99 @@
+"""Table of a step-count sweep (``benchmarks/steps_sweep.sh``): validation and test accuracy
+per (method, steps), and the step count each method would pick on validation accuracy.
+
+    python benchmarks/steps_table.py runs/steps-*-n50-* --val benchmarks/results/bnn-validation-cpu.jsonl \
+        [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--out benchmarks/results/steps-n50-cpu.json]
+
+Each run folder needs ``metrics.json`` (test accuracy, steps) and a row in the ``--val`` JSONL
+(written by ``benchmarks/bnn_validation.py``). ``--extra`` adds runs of other names (e.g. the
+paper-length runs) on the same footing. The choice of steps uses validation accuracy only; test
+accuracy is reported beside it, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int], list[dict]]:
+    """Group runs by (method, steps): each entry {seed, val, test}. Runs without a validation
+    row or metrics are reported and skipped."""
+    cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for run in runs:
+        metrics_path = run / "metrics.json"
+        row = val_rows.get(str(run))
+        if not metrics_path.is_file() or row is None:
+            print(f"skipped {run}: " + ("no metrics.json" if not metrics_path.is_file()
+                                        else "no validation row"))
+            continue
+        m = json.loads(metrics_path.read_text())
+        cells[(m["method"], int(m["steps"]))].append(
+            {"seed": int(m["seed"]), "val": row["val_accuracy"], "test": m["accuracy"],
+             "seconds": m.get("seconds")})
+    return cells
+
+
+def choose_steps(cells: list[dict]) -> dict[str, dict]:
+    """Per method, the cell (step count) of highest mean validation accuracy.
+
+    cells: dicts with method, steps, seeds, val_mean, test_mean, test_sd. Test accuracy is
+    carried along for the report, never looked at. Returns {method: chosen cell's summary}.
+    """
+    chosen: dict[str, dict] = {}
+    for c in sorted(cells, key=lambda c: (c["method"], c["steps"])):
+        best = chosen.get(c["method"])
+        if best is None or c["val_mean"] > best["val_mean"]:
+            chosen[c["method"]] = {"steps": c["steps"], "val_mean": c["val_mean"],
+                                   "test_mean": c["test_mean"], "test_sd": c["test_sd"],
+                                   "seeds": c["seeds"]}
+    return chosen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--extra", nargs="*", type=Path, default=[])
+    ap.add_argument("--val", type=Path, required=True, help="bnn_validation.py JSONL")
+    ap.add_argument("--out", type=Path, default=None, help="JSON summary to write")
+    args = ap.parse_args()
+
+    val_rows = {}
+    for line in args.val.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            val_rows[r["run"]] = r
+    cells = collect([r for r in args.runs + args.extra if r.is_dir()], val_rows)
+
+    summary = {"cells": [], "chosen": {}}
+    print(f"{'method':<16}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
+    for (method, steps) in sorted(cells):
+        rows = sorted(cells[(method, steps)], key=lambda r: r["seed"])
+        v, t = mean_sd([r["val"] for r in rows]), mean_sd([r["test"] for r in rows])
+        print(f"{method:<16}{steps:>7}{len(rows):>7}{v[0]:>11.3f} ± {v[1]:.3f}"
+              f"{t[0]:>11.3f} ± {t[1]:.3f}")
+        summary["cells"].append({"method": method, "steps": steps,
+                                 "seeds": [r["seed"] for r in rows],
+                                 "val": [r["val"] for r in rows],
+                                 "test": [r["test"] for r in rows],
+                                 "val_mean": v[0], "test_mean": t[0], "test_sd": t[1]})
+    summary["chosen"] = choose_steps(summary["cells"])
+    print("\nchosen on validation accuracy:")
+    for method, best in summary["chosen"].items():
+        print(f"  {method}: {best['steps']} steps (validation {best['val_mean']:.3f}), "
+              f"test {best['test_mean']:.3f} ± {best['test_sd']:.3f} over {len(best['seeds'])} seeds")
+    if args.out is not None:
+        args.out.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
