@@ -8,7 +8,8 @@
 #   PRIOR=runs/prior-cpu3aug N=50 SEEDS="0 1 2 3 4" STEPS="100 250 500 1000 2000" \
 #       METHODS="dwp sn lu" bash benchmarks/steps_sweep.sh
 #
-# Runs go to runs/steps-{method}-n{N}-t{steps}-s{seed}; finished runs (metrics.json present)
+# Runs go to runs/steps-{method}{TAG}-n{N}-t{steps}-s{seed} (TAG, default empty, tells dwp
+# runs with other prior folders apart, e.g. TAG=-fmnist); finished runs (metrics.json present)
 # are skipped, so a killed sweep resumes. Validation rows are appended to $VAL_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +23,14 @@ METHODS=${METHODS:-"dwp sn lu"}
 PRIOR=${PRIOR:-runs/prior-cpu3aug}
 JOBS=${JOBS:-2}
 VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
+TAG=${TAG:-}
 
 jobs_file=$(mktemp)
 trap 'rm -f "$jobs_file"' EXIT
 for steps in $STEPS; do
   for method in $METHODS; do
     for seed in $SEEDS; do
-      out=runs/steps-$method-n$N-t$steps-s$seed
+      out=runs/steps-$method$TAG-n$N-t$steps-s$seed
       [[ -f $out/metrics.json ]] && continue
       extra=""
       if [[ $method == dwp ]]; then
@@ -47,7 +49,7 @@ runs=()
 for method in $METHODS; do
   for steps in $STEPS; do
     for seed in $SEEDS; do
-      out=runs/steps-$method-n$N-t$steps-s$seed
+      out=runs/steps-$method$TAG-n$N-t$steps-s$seed
       [[ -f $out/metrics.json ]] && runs+=("$out")
     done
   done

@@ -25,7 +25,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int], list[dict]]:
-    """Group runs by (method, steps): each entry {seed, val, test}. Runs without a validation
+    """Group runs by (method, steps): each entry {seed, val, test}. A run with a prior folder
+    is labelled "method (folder name)", so dwp runs with different priors stay apart. Runs without a validation
     row or metrics are reported and skipped."""
     cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for run in runs:
@@ -36,7 +37,11 @@ def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int]
                                         else "no validation row"))
             continue
         m = json.loads(metrics_path.read_text())
-        cells[(m["method"], int(m["steps"]))].append(
+        cfg_path = run / "config.json"
+        prior_dir = (json.loads(cfg_path.read_text())["config"].get("prior_dir")
+                     if cfg_path.is_file() else None)
+        label = f"{m['method']} ({Path(prior_dir).name})" if prior_dir else m["method"]
+        cells[(label, int(m["steps"]))].append(
             {"seed": int(m["seed"]), "val": row["val_accuracy"], "test": m["accuracy"],
              "seconds": m.get("seconds")})
     return cells
@@ -75,11 +80,11 @@ def main() -> None:
     cells = collect([r for r in args.runs + args.extra if r.is_dir()], val_rows)
 
     summary = {"cells": [], "chosen": {}}
-    print(f"{'method':<16}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
+    print(f"{'method':<24}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
     for (method, steps) in sorted(cells):
         rows = sorted(cells[(method, steps)], key=lambda r: r["seed"])
         v, t = mean_sd([r["val"] for r in rows]), mean_sd([r["test"] for r in rows])
-        print(f"{method:<16}{steps:>7}{len(rows):>7}{v[0]:>11.3f} ± {v[1]:.3f}"
+        print(f"{method:<24}{steps:>7}{len(rows):>7}{v[0]:>11.3f} ± {v[1]:.3f}"
               f"{t[0]:>11.3f} ± {t[1]:.3f}")
         summary["cells"].append({"method": method, "steps": steps,
                                  "seeds": [r["seed"] for r in rows],

@@ -22,7 +22,11 @@ def test_steps_chosen_on_validation_not_test(benchmark_script, tmp_path):
             runs.append(r)
             val[str(r)] = {"val_accuracy": v + 0.01 * seed}
     orphan = _run(tmp_path / "no-val", "dwp", 10, 0, 0.99)  # no validation row: skipped
-    cells = mod.collect(runs + [orphan], val)
+    other = _run(tmp_path / "other-prior", "dwp", 100, 0, 0.5)  # another prior: its own cell
+    (other / "config.json").write_text(json.dumps({"config": {"prior_dir": "runs/prior-x"}}))
+    val[str(other)] = {"val_accuracy": 0.99}
+    cells = mod.collect(runs + [orphan, other], val)
+    assert [r["test"] for r in cells.pop(("dwp (prior-x)", 100))] == [0.5]
     assert sorted(cells) == [("dwp", 100), ("dwp", 1000)]
     assert [r["seed"] for r in cells[("dwp", 100)]] == [0, 1]
     summary = [{"method": m, "steps": s, "seeds": [r["seed"] for r in rows],
