@@ -63,6 +63,34 @@ def choose_steps(cells: list[dict]) -> dict[str, dict]:
     return chosen
 
 
+def plot_cells(cells: list[dict], path: Path) -> None:
+    """Mean accuracy (± sd over seeds) against steps: validation left, test right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    methods = sorted({c["method"] for c in cells})
+    for method in methods:
+        cs = sorted((c for c in cells if c["method"] == method), key=lambda c: c["steps"])
+        x = [c["steps"] for c in cs]
+        for ax, key in zip(axes, ("val", "test")):
+            means = [statistics.fmean(c[key]) for c in cs]
+            sds = [statistics.stdev(c[key]) if len(c[key]) > 1 else 0.0 for c in cs]
+            ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=method)
+    for ax, title in zip(axes, ("validation (chooses)", "test (reported)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training steps (lr decays linearly to 0 over them)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("10-sample ensemble accuracy")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +98,10 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", type=Path, default=[])
     ap.add_argument("--val", type=Path, required=True, help="bnn_validation.py JSONL")
     ap.add_argument("--out", type=Path, default=None, help="JSON summary to write")
+    ap.add_argument("--seeds", type=int, nargs="*", default=None,
+                    help="keep only these seeds (choose on the seeds every cell shares)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="PNG: validation and test accuracy against steps, one line per method")
     args = ap.parse_args()
 
     val_rows = {}
@@ -78,6 +110,9 @@ def main() -> None:
             r = json.loads(line)
             val_rows[r["run"]] = r
     cells = collect([r for r in args.runs + args.extra if r.is_dir()], val_rows)
+    if args.seeds is not None:
+        cells = {k: [r for r in rows if r["seed"] in args.seeds] for k, rows in cells.items()}
+        cells = {k: rows for k, rows in cells.items() if rows}
 
     summary = {"cells": [], "chosen": {}}
     print(f"{'method':<24}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
@@ -96,6 +131,8 @@ def main() -> None:
     for method, best in summary["chosen"].items():
         print(f"  {method}: {best['steps']} steps (validation {best['val_mean']:.3f}), "
               f"test {best['test_mean']:.3f} ± {best['test_sd']:.3f} over {len(best['seeds'])} seeds")
+    if args.plot is not None:
+        plot_cells(summary["cells"], args.plot)
     if args.out is not None:
         args.out.write_text(json.dumps(summary, indent=1) + "\n")
 
