@@ -79,7 +79,8 @@ def score_run(run: Path, train, val_examples: int) -> dict:
     test = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() \
         else {}
     return {"run": str(run), "method": cfg["method"], "n": cfg["n"], "seed": cfg["seed"],
-            "steps": cfg.get("steps"), "prior_dir": cfg.get("prior_dir"), "freeze_reverse": cfg.get("freeze_reverse"),
+            "steps": cfg.get("steps"), "prior_dir": cfg.get("prior_dir"),
+            "freeze_reverse": cfg.get("freeze_reverse"),
             "val_examples": int(vidx.numel()), "val_accuracy": val["accuracy"],
             "val_nll": val["nll"], "test_accuracy": test.get("accuracy")}
 

@@ -1,8 +1,9 @@
 """Table of a step-count sweep (``benchmarks/steps_sweep.sh``): validation and test accuracy
 per (method, steps), and the step count each method would pick on validation accuracy.
 
-    python benchmarks/steps_table.py runs/steps-*-n50-* --val benchmarks/results/bnn-validation-cpu.jsonl \
-        [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--out benchmarks/results/steps-n50-cpu.json]
+    python benchmarks/steps_table.py runs/steps-*-n50-* \
+        --val benchmarks/results/bnn-validation-cpu.jsonl \
+        [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--seeds 0 1 2 3 4] [--out benchmarks/results/steps-n50-cpu.json] [--plot PNG]
 
 Each run folder needs ``metrics.json`` (test accuracy, steps) and a row in the ``--val`` JSONL
 (written by ``benchmarks/bnn_validation.py``). ``--extra`` adds runs of other names (e.g. the
@@ -26,8 +27,8 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int], list[dict]]:
     """Group runs by (method, steps): each entry {seed, val, test}. A run with a prior folder
-    is labelled "method (folder name)", so dwp runs with different priors stay apart. Runs without a validation
-    row or metrics are reported and skipped."""
+    is labelled "method (folder name)", so dwp runs with different priors stay apart. Runs
+    without a validation row or metrics are reported and skipped."""
     cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for run in runs:
         metrics_path = run / "metrics.json"
@@ -74,11 +75,11 @@ def plot_cells(cells: list[dict], path: Path) -> None:
     for method in methods:
         cs = sorted((c for c in cells if c["method"] == method), key=lambda c: c["steps"])
         x = [c["steps"] for c in cs]
-        for ax, key in zip(axes, ("val", "test")):
+        for ax, key in zip(axes, ("val", "test"), strict=True):
             means = [statistics.fmean(c[key]) for c in cs]
             sds = [statistics.stdev(c[key]) if len(c[key]) > 1 else 0.0 for c in cs]
             ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=method)
-    for ax, title in zip(axes, ("validation (chooses)", "test (reported)")):
+    for ax, title in zip(axes, ("validation (chooses)", "test (reported)"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("training steps (lr decays linearly to 0 over them)")
         ax.set_title(title)
@@ -130,7 +131,8 @@ def main() -> None:
     print("\nchosen on validation accuracy:")
     for method, best in summary["chosen"].items():
         print(f"  {method}: {best['steps']} steps (validation {best['val_mean']:.3f}), "
-              f"test {best['test_mean']:.3f} ± {best['test_sd']:.3f} over {len(best['seeds'])} seeds")
+              f"test {best['test_mean']:.3f} ± {best['test_sd']:.3f} "
+              f"over {len(best['seeds'])} seeds")
     if args.plot is not None:
         plot_cells(summary["cells"], args.plot)
     if args.out is not None:
