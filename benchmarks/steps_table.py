@@ -3,7 +3,8 @@ per (method, steps), and the step count each method would pick on validation acc
 
     python benchmarks/steps_table.py runs/steps-*-n50-* \
         --val benchmarks/results/bnn-validation-cpu.jsonl \
-        [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--seeds 0 1 2 3 4] [--out benchmarks/results/steps-n50-cpu.json] [--plot PNG]
+        [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--seeds 0 1 2 3 4] \
+        [--out benchmarks/results/steps-n50-cpu.json] [--plot PNG]
 
 Each run folder needs ``metrics.json`` (test accuracy, steps) and a row in the ``--val`` JSONL
 (written by ``benchmarks/bnn_validation.py``). ``--extra`` adds runs of other names (e.g. the
