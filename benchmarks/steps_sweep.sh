@@ -27,10 +27,12 @@ TAG=${TAG:-}
 
 jobs_file=$(mktemp)
 trap 'rm -f "$jobs_file"' EXIT
+outs=()
 for steps in $STEPS; do
   for method in $METHODS; do
     for seed in $SEEDS; do
       out=runs/steps-$method$TAG-n$N-t$steps-s$seed
+      outs+=("$out")
       [[ -f $out/metrics.json ]] && continue
       extra=""
       if [[ $method == dwp ]]; then
@@ -46,12 +48,7 @@ echo "$(wc -l < "$jobs_file") runs to train"
 xargs -P "$JOBS" -I{} bash -c {} < "$jobs_file"
 
 runs=()
-for method in $METHODS; do
-  for steps in $STEPS; do
-    for seed in $SEEDS; do
-      out=runs/steps-$method$TAG-n$N-t$steps-s$seed
-      [[ -f $out/metrics.json ]] && runs+=("$out")
-    done
-  done
+for out in "${outs[@]}"; do
+  [[ -f $out/metrics.json ]] && runs+=("$out")
 done
 OMP_NUM_THREADS=2 "$PY" benchmarks/bnn_validation.py "${runs[@]}" --threads 2 --out "$VAL_OUT"

@@ -49,10 +49,24 @@ def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int]
     return cells
 
 
+def summarize(cells: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """One dict per (method, steps) cell of :func:`collect`, sorted: method, steps, seeds and
+    the per-seed val / test accuracies (in seed order), with their means and sds."""
+    out = []
+    for (method, steps) in sorted(cells):
+        rows = sorted(cells[(method, steps)], key=lambda r: r["seed"])
+        val, test = [r["val"] for r in rows], [r["test"] for r in rows]
+        (val_mean, val_sd), (test_mean, test_sd) = mean_sd(val), mean_sd(test)
+        out.append({"method": method, "steps": steps, "seeds": [r["seed"] for r in rows],
+                    "val": val, "test": test, "val_mean": val_mean, "val_sd": val_sd,
+                    "test_mean": test_mean, "test_sd": test_sd})
+    return out
+
+
 def choose_steps(cells: list[dict]) -> dict[str, dict]:
     """Per method, the cell (step count) of highest mean validation accuracy.
 
-    cells: dicts with method, steps, seeds, val_mean, test_mean, test_sd. Test accuracy is
+    cells: dicts as :func:`summarize` makes them. Test accuracy is
     carried along for the report, never looked at. Returns {method: chosen cell's summary}.
     """
     chosen: dict[str, dict] = {}
@@ -77,8 +91,8 @@ def plot_cells(cells: list[dict], path: Path) -> None:
         cs = sorted((c for c in cells if c["method"] == method), key=lambda c: c["steps"])
         x = [c["steps"] for c in cs]
         for ax, key in zip(axes, ("val", "test"), strict=True):
-            means = [statistics.fmean(c[key]) for c in cs]
-            sds = [statistics.stdev(c[key]) if len(c[key]) > 1 else 0.0 for c in cs]
+            means = [c[f"{key}_mean"] for c in cs]
+            sds = [c[f"{key}_sd"] for c in cs]
             ax.errorbar(x, means, yerr=sds, marker="o", capsize=3, label=method)
     for ax, title in zip(axes, ("validation (chooses)", "test (reported)"), strict=True):
         ax.set_xscale("log")
@@ -116,18 +130,12 @@ def main() -> None:
         cells = {k: [r for r in rows if r["seed"] in args.seeds] for k, rows in cells.items()}
         cells = {k: rows for k, rows in cells.items() if rows}
 
-    summary = {"cells": [], "chosen": {}}
+    summary = {"cells": summarize(cells)}
     print(f"{'method':<24}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
-    for (method, steps) in sorted(cells):
-        rows = sorted(cells[(method, steps)], key=lambda r: r["seed"])
-        v, t = mean_sd([r["val"] for r in rows]), mean_sd([r["test"] for r in rows])
-        print(f"{method:<24}{steps:>7}{len(rows):>7}{v[0]:>11.3f} ± {v[1]:.3f}"
-              f"{t[0]:>11.3f} ± {t[1]:.3f}")
-        summary["cells"].append({"method": method, "steps": steps,
-                                 "seeds": [r["seed"] for r in rows],
-                                 "val": [r["val"] for r in rows],
-                                 "test": [r["test"] for r in rows],
-                                 "val_mean": v[0], "test_mean": t[0], "test_sd": t[1]})
+    for c in summary["cells"]:
+        print(f"{c['method']:<24}{c['steps']:>7}{len(c['seeds']):>7}"
+              f"{c['val_mean']:>11.3f} ± {c['val_sd']:.3f}"
+              f"{c['test_mean']:>11.3f} ± {c['test_sd']:.3f}")
     summary["chosen"] = choose_steps(summary["cells"])
     print("\nchosen on validation accuracy:")
     for method, best in summary["chosen"].items():

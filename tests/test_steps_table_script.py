@@ -29,10 +29,9 @@ def test_steps_chosen_on_validation_not_test(benchmark_script, tmp_path):
     assert [r["test"] for r in cells.pop(("dwp (prior-x)", 100))] == [0.5]
     assert sorted(cells) == [("dwp", 100), ("dwp", 1000)]
     assert [r["seed"] for r in cells[("dwp", 100)]] == [0, 1]
-    summary = [{"method": m, "steps": s, "seeds": [r["seed"] for r in rows],
-                "val_mean": sum(r["val"] for r in rows) / len(rows),
-                "test_mean": sum(r["test"] for r in rows) / len(rows), "test_sd": 0.0}
-               for (m, s), rows in cells.items()]
+    summary = mod.summarize(cells)
+    assert [(c["steps"], c["val"], c["test"]) for c in summary] == [
+        (100, [0.80, 0.81], [0.70, 0.71]), (1000, [0.75, 0.76], [0.90, 0.91])]
     chosen = mod.choose_steps(summary)
     assert chosen["dwp"]["steps"] == 100
     assert abs(chosen["dwp"]["test_mean"] - 0.705) < 1e-12
