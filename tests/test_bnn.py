@@ -294,3 +294,100 @@ def test_seed_batched_dwp_runs_with_subsampled_bound(data_root):
                                     lr=1e-2)
     assert [r["seed"] for r in recs] == [0, 1] and all(r["batched"] == 2 for r in recs)
     assert all(r["init"] == "prior" and math.isfinite(r["final_kl"]) for r in recs)
+
+
+def test_per_layer_prior_spec_parses_and_rejects_bad_specs():
+    from dwp.bnn import canonical_spec, parse_prior_spec
+
+    assert parse_prior_spec("dwp") is None
+    assert parse_prior_spec("conv1=dwp, conv2=lu") == {"conv1": "dwp", "conv2": "log-uniform"}
+    assert canonical_spec("conv2=sn,conv1=vae") == "conv2=standard-normal,conv1=dwp"
+    assert canonical_spec("sn") == "standard-normal"
+    for bad in ("conv1=dwp,conv2", "conv1=dwp,conv1=sn", "conv1=det", "conv1=gauss", "=dwp"):
+        with pytest.raises(DwpError):
+            parse_prior_spec(bad)
+
+
+def _fconv():
+    """A builder of a narrow FConvMNIST (widths 4, 6) on CPU."""
+    from dwp.bnn import fconv_factory
+
+    return fconv_factory((4, 6), 1, 10, torch.device("cpu"))
+
+
+def test_per_layer_spec_with_one_method_builds_the_plain_methods_model():
+    from dwp.bayes import bayes_layers
+    from dwp.bnn import build_bayes_model, resolve_priors
+
+    make = _fconv()
+    plain, s1, _ = build_bayes_model("standard-normal", 3, make, resolve_priors("sn"),
+                                     device=torch.device("cpu"))
+    spec = "conv1=standard-normal,conv2=standard-normal"
+    layered, s2, _ = build_bayes_model(spec, 3, make, resolve_priors(spec),
+                                       device=torch.device("cpu"))
+    for (n1, a), (n2, b) in zip(bayes_layers(plain), bayes_layers(layered), strict=True):
+        assert n1 == n2 and torch.equal(a.weight_mu, b.weight_mu)
+    assert [(r["layer"], r["prior"]) for r in s1["layers"]] == [
+        (r["layer"], r["prior"]) for r in s2["layers"]]
+    assert s2["init"] == {"conv1": "xavier", "conv2": "xavier"}
+
+
+def test_per_layer_spec_mixes_priors_posteriors_and_leaves_unnamed_layers_alone():
+    from dwp.bayes import bayes_layers
+    from dwp.bnn import build_bayes_model, resolve_priors
+    from dwp.priors import LogUniform
+
+    make = _fconv()
+    model, settings, _ = build_bayes_model("conv2=lu,conv1=sn", 0, make,
+                                           resolve_priors("conv2=lu,conv1=sn"),
+                                           device=torch.device("cpu"))
+    layers = dict(bayes_layers(model))
+    assert layers["features.conv1"].posterior == "gaussian"
+    assert layers["features.conv2"].posterior == "truncated-alpha"
+    assert isinstance(layers["features.conv2"].prior, LogUniform)
+    assert [r["prior"] for r in settings["layers"]] == ["sn", "loguniform"]
+    only2, settings, _ = build_bayes_model("conv2=sn", 0, make, resolve_priors("conv2=sn"),
+                                           device=torch.device("cpu"))
+    assert set(dict(bayes_layers(only2))) == {"features.conv2"}
+    assert type(only2.features.conv1) is nn.Conv2d
+    assert [r["bayesian"] for r in settings["layers"]] == [False, True]
+    with pytest.raises(DwpError, match="conv3"):
+        build_bayes_model("conv3=sn", 0, make, resolve_priors("conv3=sn"),
+                          device=torch.device("cpu"))
+
+
+def test_train_bnn_command_with_per_layer_priors_saves_and_reloads(tmp_path, data_root):
+    from dwp.bayes import bayes_layers, sampling
+    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.cli import main
+    from dwp.data import load_dataset
+    from dwp.priors import KernelVAE, save_prior
+
+    torch.manual_seed(0)
+    save_prior(KernelVAE(7, hidden=8), tmp_path / "prior" / "conv1")
+    out = tmp_path / "run"
+    spec = "conv1=dwp,conv2=lu"
+    args = ["train-bnn", "--out", str(out), "--prior", spec, "--prior-dir",
+            str(tmp_path / "prior"), "--n", "20", "--steps", "3", "--kernel-subsample", "8",
+            "--ensemble", "1", "--test-examples", "50", "--device", "cpu", "--lr", "1e-2",
+            "--data-root", str(data_root), "--no-progress", "--freeze-reverse"]
+    assert main(args) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    assert rec["method"] == "conv1=dwp,conv2=log-uniform"
+    assert rec["init"] == {"conv1": "prior", "conv2": "xavier"}
+    assert rec["posterior"] == {"conv1": "gaussian", "conv2": "truncated-alpha"}
+    assert [r["prior"] for r in rec["layers"]] == ["vae", "loguniform"]
+    priors = resolve_priors(rec["method"], tmp_path / "prior")
+    model, meta = load_bnn(out / "model.safetensors", priors)
+    layers = dict(bayes_layers(model))
+    assert layers["features.conv2"].posterior == "truncated-alpha"
+    x = load_dataset("mnist", "test", data_root).images[:4]
+    again, _ = load_bnn(out / "model.safetensors", priors)
+    with sampling(model, "mean"), sampling(again, "mean"):
+        assert torch.equal(model(x), again(x))
+    # conv2 has no VAE in the folder: a clear error, no run folder left behind
+    bad = tmp_path / "bad"
+    assert main([*args[:2], str(bad), "--prior", "conv1=lu,conv2=dwp", *args[6:]]) == 2
+    assert not bad.exists()
+    # prior samples cannot be drawn from the log-uniform layer
+    assert main([*args[:2], str(bad), "--prior", spec, *args[4:], "--init", "prior"]) == 2

@@ -79,3 +79,21 @@ def test_python_dash_m_dwp_runs_the_cli():
                           text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "train-source" in proc.stdout and "collect-kernels" in proc.stdout
+
+
+def test_cli_main_passes_unexpected_errors_through_and_maps_abort(monkeypatch):
+    import typer
+
+    import dwp.cli
+
+    def boom(**_):
+        raise ValueError("boom")
+
+    def abort(**_):
+        raise typer.Abort()
+
+    monkeypatch.setattr(dwp.cli, "app", boom)
+    with pytest.raises(ValueError, match="boom"):  # not masked by the CLI's error handling
+        dwp.cli.main(["--help"])
+    monkeypatch.setattr(dwp.cli, "app", abort)
+    assert dwp.cli.main(["--help"]) == 1

@@ -245,6 +245,40 @@ def canonical_method(name: str) -> str:
         ) from None
 
 
+def parse_prior_spec(spec: str) -> dict[str, str] | None:
+    """Per-layer methods of a ``LAYER=METHOD,...`` spec; ``None`` for a plain method name.
+
+    ``"conv1=dwp,conv2=lu"`` -> ``{"conv1": "dwp", "conv2": "log-uniform"}`` (layer names as in
+    the model: ``conv1`` or ``features.conv1``; methods as :func:`canonical_method`, not
+    ``deterministic``: leave a layer out to keep it an ordinary, unpenalised conv).
+    """
+    if "=" not in spec:
+        return None
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        layer, sep, name = (v.strip() for v in part.partition("="))
+        if not sep or not layer or not name:
+            raise DwpError(f"per-layer prior {part!r} in {spec!r}: write LAYER=METHOD, e.g. "
+                           f"conv1=dwp,conv2=lu")
+        if layer in out:
+            raise DwpError(f"layer {layer!r} is given twice in {spec!r}")
+        method = canonical_method(name)
+        if method == "deterministic":
+            raise DwpError(f"{part!r}: deterministic is not a prior; leave {layer} out of the "
+                           f"spec to keep it an ordinary conv layer")
+        out[layer] = method
+    return out
+
+
+def canonical_spec(spec: str) -> str:
+    """:func:`canonical_method` for a plain name; ``conv1=dwp,conv2=log-uniform`` (aliases
+    resolved, order kept) for a per-layer spec (:func:`parse_prior_spec`)."""
+    layers = parse_prior_spec(spec)
+    if layers is None:
+        return canonical_method(spec)
+    return ",".join(f"{k}={m}" for k, m in layers.items())
+
+
 def default_posterior(method: str) -> str:
     """The posterior parameterisation a method uses unless told otherwise.
 
@@ -289,6 +323,9 @@ def resolve_priors(
     """
     from dwp.priors import FittedGaussian, LogUniform, StandardNormal, load_prior_dir
 
+    layers = parse_prior_spec(method)
+    if layers is not None:
+        return _resolve_layer_priors(layers, prior_dir, kernels, map_location)
     method = canonical_method(method)
     if method == "deterministic":
         return None
@@ -328,6 +365,35 @@ def resolve_priors(
 
     return {name: FittedGaussian.fit(load_kernel_file(path)["train"])
             for name, path in find_layers(kernels).items()}
+
+
+def _resolve_layer_priors(
+    layers: dict[str, str],
+    prior_dir: str | None,
+    kernels: str | None,
+    map_location: str | torch.device | None,
+) -> dict[str, Any]:
+    """``{layer: prior}`` for a per-layer spec: each layer's prior from its method's source."""
+    out: dict[str, Any] = {}
+    for layer, method in layers.items():
+        # a fitted Gaussian beside a dwp layer is fitted on --kernels, not read from --prior-dir
+        src = None if method == "fitted-gaussian" and kernels is not None else prior_dir
+        prior = resolve_priors(method, src, kernels, map_location)
+        if isinstance(prior, dict):
+            short = layer.rsplit(".", 1)[-1]
+            if short not in prior:
+                where = src if src is not None else kernels
+                raise DwpError(f"{where} has no prior for layer {short!r} (it has "
+                               f"{', '.join(sorted(prior))}) for {layer}={method}")
+            prior = prior[short]
+        out[layer] = prior
+    return out
+
+
+def default_init(method: str) -> str:
+    """Posterior-mean initialisation of a method: a prior sample for dwp and fitted-gaussian
+    (as the paper's code), Xavier otherwise."""
+    return "prior" if canonical_method(method) in ("dwp", "fitted-gaussian") else "xavier"
 
 
 def match_priors(model: nn.Module, priors: Any) -> Any:
@@ -385,16 +451,36 @@ def build_bayes_model(
         raise DwpError(f"method {method} needs priors (see resolve_priors)")
     g = seed_everything(seed)
     model = make_model()
-    if init is None:
-        init = "prior" if method in ("dwp", "fitted-gaussian") else "xavier"
-    posterior = posterior or default_posterior(method)
-    report = bayesianize(model, match_priors(model, priors), init=init,
-                         log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
-                         posterior=posterior,
-                         generator=torch.Generator(device=device).manual_seed(seed)
-                         if device.type != "cpu" else g)
+    gen = torch.Generator(device=device).manual_seed(seed) if device.type != "cpu" else g
+    kw = {"log_sigma2_init": log_sigma2_init, "freeze_reverse": freeze_reverse, "generator": gen}
+    layers = parse_prior_spec(method)
+    if layers is None:
+        init = init or default_init(method)
+        posterior = posterior or default_posterior(method)
+        report = bayesianize(model, match_priors(model, priors), init=init,
+                             posterior=posterior, **kw)
+        model.to(device)
+        settings = {"init": init, "posterior": posterior, "log_sigma2_init": log_sigma2_init,
+                    "freeze_reverse": freeze_reverse, "layers": report}
+        return model, settings, g
+    # per-layer methods: each layer with its method's defaults, in the model's layer order (so
+    # a spec naming one method for every layer draws the same initial weights as that method)
+    order = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    rank = {layer: next((i for i, n in enumerate(order) if n == layer or
+                         n.rsplit(".", 1)[-1] == layer), len(order)) for layer in layers}
+    inits, posteriors, report = {}, {}, []
+    for layer in sorted(layers, key=rank.__getitem__):
+        inits[layer] = init or default_init(layers[layer])
+        posteriors[layer] = posterior or default_posterior(layers[layer])
+        report += [r for r in bayesianize(model, {layer: priors[layer]}, init=inits[layer],
+                                          posterior=posteriors[layer], **kw) if r["bayesian"]]
+    convs = dict(model.named_modules())
+    report += [{"layer": n, "kernel_size": list(convs[n].kernel_size), "prior": None,
+                "matched_by": None, "bayesian": False}
+               for n in order if type(convs[n]) is nn.Conv2d]
+    report.sort(key=lambda r: order.index(r["layer"]))
     model.to(device)
-    settings = {"init": init, "posterior": posterior, "log_sigma2_init": log_sigma2_init,
+    settings = {"init": inits, "posterior": posteriors, "log_sigma2_init": log_sigma2_init,
                 "freeze_reverse": freeze_reverse, "layers": report}
     return model, settings, g
 
@@ -439,7 +525,7 @@ def run_classification(
     from dwp.data import class_balanced_subset
     from dwp.runtime import seed_everything
 
-    method = canonical_method(method)
+    method = canonical_spec(method)
     device = torch.device(device)
     idx = class_balanced_subset(train_data.labels, n, seed)
     x, y = train_data.images[idx], train_data.labels[idx]
@@ -503,12 +589,13 @@ def save_bnn(
 
     from dwp.runtime import atomic_path
 
-    meta = {"format": BNN_FORMAT, "method": canonical_method(method),
+    meta = {"format": BNN_FORMAT, "method": canonical_spec(method),
             "widths": json.dumps([int(w) for w in widths]), "in_channels": str(int(in_channels)),
             "num_classes": str(int(num_classes))}
     layers = bayes_layers(model)
     if layers:
         meta["posterior"] = layers[0][1].posterior
+        meta["posteriors"] = json.dumps({name: layer.posterior for name, layer in layers})
     with atomic_path(path) as tmp:
         save_model(model, str(tmp), metadata=meta)
 
@@ -536,15 +623,22 @@ def load_bnn(
     if meta.get("format") != BNN_FORMAT:
         raise DwpError(f"{path} is not a model saved by dwp train-bnn (format "
                        f"{meta.get('format')!r})")
-    method = canonical_method(meta["method"])
+    method = canonical_spec(meta["method"])
     if (priors is None) != (method == "deterministic"):
         raise DwpError(f"{path} holds a {method} model: pass the priors it was trained with"
                        if priors is None else f"{path} holds a deterministic model: no priors")
     model = FConvMNIST(json.loads(meta["widths"]), in_channels=int(meta["in_channels"]),
                        num_classes=int(meta["num_classes"]))
     if priors is not None:
-        bayesianize(model, match_priors(model, priors), init="xavier",
-                    posterior=meta.get("posterior", "gaussian"))
+        priors = match_priors(model, priors)
+        posteriors = json.loads(meta.get("posteriors", "{}"))  # {full layer name: posterior}
+        if len(set(posteriors.values())) > 1 and isinstance(priors, dict):  # per-layer methods
+            for key, prior in priors.items():
+                post = next((v for k, v in posteriors.items()
+                             if key in (k, k.rsplit(".", 1)[-1])), "gaussian")
+                bayesianize(model, {key: prior}, init="xavier", posterior=post)
+        else:
+            bayesianize(model, priors, init="xavier", posterior=meta.get("posterior", "gaussian"))
     model.to(map_location)
     try:
         load_model(model, str(path), strict=True, device=str(map_location))

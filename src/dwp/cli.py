@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        # click.exceptions.Abort; typer >= 0.16 without click has typer.Abort instead
+        abort = getattr(click.exceptions, "Abort", None) or getattr(typer, "Abort", None)
+        if abort is not None and isinstance(exc, abort):
             return 1
         raise
     return 0

@@ -32,7 +32,8 @@ def train_bnn(
         "dwp", "--prior",
         help="dwp (deep weight prior, needs --prior-dir), sn (standard normal), lu "
         "(log-uniform), mvn (fitted Gaussian: --prior-dir of mvn priors or --kernels), or "
-        "deterministic (L2 baseline, decay chosen on a validation split of the N images).",
+        "deterministic (L2 baseline, decay chosen on a validation split of the N images); "
+        "or one per layer, e.g. conv1=dwp,conv2=lu (layers left out stay ordinary convs).",
     ),
     prior_dir: Path | None = typer.Option(
         None, "--prior-dir", help="Folder of per-layer priors (PRIOR/conv1, PRIOR/conv2)."
@@ -84,28 +85,31 @@ def train_bnn(
 ) -> None:
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
-    from dwp.bnn import canonical_method, resolve_priors, run_classification
+    from dwp.bnn import canonical_spec, parse_prior_spec, resolve_priors, run_classification
     from dwp.data import load_dataset
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
-    method = canonical_method(prior)
+    method = canonical_spec(prior)
+    layer_methods = parse_prior_spec(method)
+    used = set(layer_methods.values()) if layer_methods else {method}
     if steps < 1:
         raise DwpError(f"--steps must be >= 1, got {steps}")
     if kernel_subsample is not None and kernel_subsample < 1:
         raise DwpError(f"--kernel-subsample must be >= 1, got {kernel_subsample}")
     if init not in (None, "prior", "prior-mean", "xavier"):
         raise DwpError(f"--init must be 'prior', 'prior-mean' or 'xavier', got {init!r}")
-    if init == "prior-mean" and method != "dwp":
+    if init == "prior-mean" and used != {"dwp"}:
         raise DwpError(f"--init prior-mean needs --prior dwp (a latent-variable prior), not "
                        f"{method}: use --init prior or xavier")
-    if init == "prior" and method == "log-uniform":
+    if init == "prior" and "log-uniform" in used:
         raise DwpError("the log-uniform prior cannot be sampled: use --init xavier")
     from dwp.bayes import POSTERIORS
     from dwp.bnn import default_posterior
 
     if posterior not in ("auto", *POSTERIORS):
         raise DwpError(f"--posterior must be auto, {' or '.join(POSTERIORS)}; got {posterior!r}")
-    posterior = default_posterior(method) if posterior == "auto" else posterior
+    if posterior == "auto":  # per-layer specs: each layer its method's default
+        posterior = None if layer_methods else default_posterior(method)
     dev = select_device(device)
     out = as_path(out)
     config = {
