@@ -69,7 +69,11 @@ def main() -> None:
         for n in sizes:
             paper = (f" (paper {PAPER_FIG2[key][PAPER_FIG2['sizes'].index(n)]:.3f})"
                      if n in PAPER_FIG2["sizes"] else "")
-            cells.append(f"{s[n][0]:.3f} ± {s[n][1]:.3f} ({s[n][2]}){paper}" if n in s else "-")
+            if n not in s:
+                cells.append("-")
+            else:  # one seed has no spread to show
+                spread = f" ± {s[n][1]:.3f}" if s[n][2] > 1 else ""
+                cells.append(f"{s[n][0]:.3f}{spread} ({s[n][2]}){paper}")
         print(f"| {label} | " + " | ".join(cells) + " |")
 
     if args.out is not None:
