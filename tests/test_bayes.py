@@ -310,6 +310,24 @@ def test_bayesianize_copies_geometry_and_reports():
         bayesianize(nn.Sequential(nn.Conv2d(1, 1, 3)), {"conv9": StandardNormal()})
 
 
+def test_bayesianize_again_leaves_earlier_layers_and_their_priors_alone():
+    from dwp.priors.vae import KernelVAE
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 7), nn.Conv2d(2, 3, 5))
+    bayesianize(model, {"0": KernelVAE(7, hidden=8)}, init="prior")
+    vae_convs = [m for m in model[0].prior.modules() if isinstance(m, nn.Conv2d)]
+    assert {m.kernel_size for m in vae_convs} >= {(3, 3)}  # the 7x7 VAE holds 3x3 convs
+    # a 3x3 key must not reach into the prior's VAE: the model itself has no 3x3 conv
+    with pytest.raises(DwpError, match="match no Conv2d"):
+        bayesianize(model, {3: StandardNormal()})
+    report = bayesianize(model, {"1": StandardNormal()}, posterior="truncated-alpha")
+    assert [(r["layer"], r["prior"]) for r in report] == [("1", "sn")]  # no VAE internals
+    assert model[0].posterior == "gaussian" and model[1].posterior == "truncated-alpha"
+    assert all(type(m) is nn.Conv2d for m in vae_convs)
+    assert [m for m in model[0].prior.modules() if isinstance(m, nn.Conv2d)] == vae_convs
+
+
 def test_bayesianize_fconv_keeps_classifier_deterministic_and_inits_from_prior():
     from dwp.nets import FConvMNIST
 

@@ -469,7 +469,9 @@ def bayesianize(
     :class:`BayesConv2d`).
 
     Returns one record per conv layer: ``{"layer", "kernel_size", "prior", "matched_by",
-    "bayesian"}``. Raises ``DwpError`` for a mapping key that matched no layer.
+    "bayesian"}``. Raises ``DwpError`` for a mapping key that matched no layer. Variational
+    layers already in ``model`` (and the modules inside them) are left as they are, so calls
+    with one layer each can give layers different ``init`` / ``posterior``.
     """
     if init not in INITS:
         raise DwpError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
@@ -481,7 +483,11 @@ def bayesianize(
                 f"init 'prior-mean' needs latent-variable priors (the deep weight prior), not "
                 f"{', '.join(sorted({p.family for p in explicit}))}: use init 'prior' or 'xavier'"
             )
-    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    # convs inside an existing variational layer (its prior's VAE, its reverse model) are not
+    # the model's own: a second call must neither report nor replace them
+    inner = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, _BayesLayer))
+    convs = [(n, m) for n, m in model.named_modules()
+             if type(m) is nn.Conv2d and not n.startswith(inner)]
     report: list[dict[str, Any]] = []
     used: set[Any] = set()
     for name, conv in convs:

@@ -466,19 +466,19 @@ def build_bayes_model(
     # per-layer methods: each layer with its method's defaults, in the model's layer order (so
     # a spec naming one method for every layer draws the same initial weights as that method)
     order = [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
-    rank = {layer: next((i for i, n in enumerate(order) if n == layer or
-                         n.rsplit(".", 1)[-1] == layer), len(order)) for layer in layers}
-    inits, posteriors, report = {}, {}, []
-    for layer in sorted(layers, key=rank.__getitem__):
+
+    def rank(layer: str) -> int:  # unknown names last: bayesianize then names the model's convs
+        return next((i for i, n in enumerate(order) if layer in (n, n.rsplit(".", 1)[-1])),
+                    len(order))
+
+    inits, posteriors, records = {}, {}, {}
+    for layer in sorted(layers, key=rank):
         inits[layer] = init or default_init(layers[layer])
         posteriors[layer] = posterior or default_posterior(layers[layer])
-        report += [r for r in bayesianize(model, {layer: priors[layer]}, init=inits[layer],
-                                          posterior=posteriors[layer], **kw) if r["bayesian"]]
-    convs = dict(model.named_modules())
-    report += [{"layer": n, "kernel_size": list(convs[n].kernel_size), "prior": None,
-                "matched_by": None, "bayesian": False}
-               for n in order if type(convs[n]) is nn.Conv2d]
-    report.sort(key=lambda r: order.index(r["layer"]))
+        for r in bayesianize(model, {layer: priors[layer]}, init=inits[layer],
+                             posterior=posteriors[layer], **kw):
+            records[r["layer"]] = r  # each call reports the convs still left; keep the last word
+    report = [records[n] for n in order]
     model.to(device)
     settings = {"init": inits, "posterior": posteriors, "log_sigma2_init": log_sigma2_init,
                 "freeze_reverse": freeze_reverse, "layers": report}
