@@ -14,15 +14,15 @@
 #
 # Stages (run), in order of value; the first GPU session (2026-11-27, H200; BENCHMARKS.md
 # "First GPU session") measured 10 source nets, their kernels and a dwp grid cell, so this call
-# does what it left open: 1. where a source-net step spends its time (profile_source_step.py,
-# grouped vs im2col + matmul convolutions); 1b. 10 nets x 2 epochs with both convolution
-# implementations, end to end (the faster one is used from then on);
-# 2. 100 paper-width source nets for 2 epochs (re-measure after the 32-bit-index chunk fix);
-# 3. CUDA-graph training: a correctness check (bnn_graph_check.py), then grid cells (dwp with
-# untrained VAEs of the paper's size, standard normal; 10 seeds, 200 steps) with eager steps vs
-# CUDA-graph replays;
-# 4. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs, extrapolated); 5. with the
-# time left, more paper-width source nets (seed 2) and their kernel sets.
+# does what it left open: 1. 10 nets x 2 epochs with both convolution implementations (grouped
+# vs im2col + matmul), end to end; the faster one is used from then on, and its time per net
+# sizes the source runs below; 2. when projected to fit, issue 4's row: 10 paper-width nets x
+# 100 epochs and their kernel sets; 3. 100 paper-width source nets for 2 epochs (re-measure after
+# the 32-bit-index chunk fix); 4. CUDA-graph training: a correctness check (bnn_graph_check.py),
+# then grid cells (dwp with untrained VAEs of the paper's size, standard normal; 10 seeds, 200
+# steps) with eager steps vs CUDA-graph replays; 5. where a source-net step spends its time
+# (profile_source_step.py); 6. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs,
+# extrapolated); 7. with the time left, more paper-width source nets (seed 2) and their kernels.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
@@ -78,7 +78,13 @@ stage() {  # stage NAME SECONDS COMMAND...: run under min(SECONDS, budget left -
 pack() {  # pack TAR DIR...: tar run folders (no net weights, no checkpoints) into $OUT
   local tarfile=$1; shift
   tar -cf "$OUT/$tarfile" --exclude='nets.safetensors' --exclude='checkpoint.safetensors' \
-    -C "$WORK" "$@" >> "$LOG" 2>&1 && ls -la "$OUT/$tarfile" >> "$LOG"
+    -C "$WORK" "$@" >> "$LOG" 2>&1
+  if (( $(stat -c %s "$OUT/$tarfile") > 16000000 )); then  # over the 16 MiB a file may bring back
+    echo "== $tarfile over 16 MB: packed again without the 5x5 kernel tensors" | tee -a "$LOG"
+    tar -cf "$OUT/$tarfile" --exclude='nets.safetensors' --exclude='checkpoint.safetensors' \
+      --exclude='conv2.safetensors' -C "$WORK" "$@" >> "$LOG" 2>&1
+  fi
+  ls -la "$OUT/$tarfile" >> "$LOG"
 }
 
 stage env 60 bash -c "nvidia-smi -L 2>/dev/null; $PY -c \"import torch, platform; \
@@ -91,29 +97,61 @@ if [ "$smoke" = 1 ]; then
   impl_cmp=(--nets 2 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
   grid=(--n 20 --seeds 2 --steps 5 --test-examples 200 --threads 2)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
-  extra_src=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
-  cap=(--cap 2000); limits=(120 60 60 60); per_net=5
+  src_args=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
+  cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=100
 else
   prof=(--nets 10)
   scale=(--nets 100 --widths 256 512 --epochs 2)
   impl_cmp=(--nets 10 --widths 256 512 --epochs 2)
   grid=(--n 50 --seeds 10 --steps 200)
   pri=(--epochs5 10)
-  extra_src=(--widths 256 512 --epochs 100)
-  cap=(--cap 60000)     # 60k train + 60k test 5x5 kernels: ~12 MB, under the 16 MiB per file
-  limits=(90 100 80 100); per_net=23   # H200: 10 nets x 100 epochs took 223 s
+  src_args=(--widths 256 512 --epochs 100)
+  # 40k train + 40k test 5x5 kernels (8 MB) + all 7x7 kernels of up to 90 nets (4.5 MB) + net
+  # indices: under the 16 MiB a file may bring back
+  cap=(--cap 40000)
+  limits=(60 100 80 100); full_epochs=100
+  per_net=23    # fallback; H200 2026-11-27: 10 nets x 100 epochs took 223 s
+  max10=150     # run the 10-net x 100-epoch row only if projected to take <= this
 fi
 
-stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" --device "$dev" \
-  --out "$OUT/profile_source.json"
+# seconds per net for 100 epochs of the chosen implementation, from the fastest (last, autotuned)
+# epoch of a source_nets JSON
+per_net_from() {
+  "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); m = sys.argv[2]; \
+c = r['config']; x = [v for v in r['results'] if v['mode'] == m][0]; \
+e = x.get('epoch_s') or [x['wall_s'] / c['epochs']]; \
+print(max(1, round(min(e) / c['nets'] * $full_epochs)))" "$1" "$2" 2>/dev/null
+}
+
 stage source10-impl 70 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
   --modes batched batched-unfold --precision bf16 --device "$dev" \
   --out "$OUT/source_nets_10x2_impl.json"
 impl=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
 print('unfold' if r.get('native_over_unfold', 0) > 1.1 else 'native')" \
   "$OUT/source_nets_10x2_impl.json" 2>/dev/null || echo native)
-echo "== convolution implementation from here on: $impl" | tee -a "$LOG"
 mode100=batched; [ "$impl" = unfold ] && mode100=batched-unfold
+per_net=$(per_net_from "$OUT/source_nets_10x2_impl.json" $mode100 || echo "$per_net")
+echo "== convolution implementation from here on: $impl (~${per_net} s per net for" \
+  "$full_epochs epochs)" | tee -a "$LOG"
+
+# the acceptance row of issue 4 (10 nets x 100 epochs), when its projected time is affordable;
+# its kernel sets come back as a tar file
+source_run() {  # source_run NAME NETS SEED: train-source + collect-kernels + pack
+  local name=$1 nets=$2 seed=$3 args=("${src_args[@]}")
+  [ "$smoke" = 1 ] || args+=(--nets "$nets")
+  stage "source-$name" $(( per_net * nets * 13 / 10 + 40 )) "${DWP[@]}" train-source \
+    "${args[@]}" --seed "$seed" --device "$dev" --precision bf16 --conv-impl "$impl" \
+    --no-progress --checkpoint-every 1000 --out "$WORK/src-$name" &&
+  stage "kernels-$name" 40 "${DWP[@]}" collect-kernels "$WORK/src-$name" "${cap[@]}" \
+    --out "$WORK/kernels-src-$name" &&
+  pack "src-$name.tar" "src-$name" "kernels-src-$name"
+}
+if (( per_net * 10 <= max10 )); then
+  source_run 10x100 10 3
+else
+  echo "== source-10x100: skipped (projected $((per_net * 10)) s > ${max10} s)" | tee -a "$LOG"
+fi
+
 stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes $mode100 \
   --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
 stage bnn-graph-check 60 "$PY" benchmarks/bnn_graph_check.py
@@ -123,20 +161,19 @@ for method in dwp sn; do
     "${extra_grid[@]}" "${grid[@]}" --sides batched batched_graph --device "$dev" \
     --out "$OUT/bnn_grid.jsonl"
 done
+stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" --device "$dev" \
+  --out "$OUT/profile_source.json"
+# at most 8 files come back: the profiler table goes into the log
+[ -f "$OUT/profile_source.txt" ] && cat "$OUT/profile_source.txt" >> "$LOG" &&
+  rm "$OUT/profile_source.txt"
 stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
   --out "$OUT/priors.json"
 
 # more source nets with what is left, sized from the measured time per net
-extra=$(( ($(left) - 45) * 8 / 10 / per_net ))
+extra=$(( ($(left) - 60) * 10 / 13 / per_net ))
 (( extra > 90 )) && extra=90
 if (( extra >= 2 )); then
-  [ "$smoke" = 1 ] || extra_src+=(--nets "$extra")
-  stage source-extra $(( $(left) - 30 )) "${DWP[@]}" train-source "${extra_src[@]}" --seed 2 \
-    --device "$dev" --precision bf16 --conv-impl "$impl" --no-progress --checkpoint-every 1000 \
-    --out "$WORK/src-extra" &&
-  stage kernels-extra 25 "${DWP[@]}" collect-kernels "$WORK/src-extra" "${cap[@]}" \
-    --out "$WORK/kernels-src-extra" &&
-  pack src-extra.tar src-extra kernels-src-extra
+  source_run extra "$extra" 2
 else
   echo "== source-extra: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
 fi

@@ -64,7 +64,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    accs, chunks = [], []
+    accs, chunks, epoch_s = [], [], []
     sync()
     t0 = time.perf_counter()
     with cudnn_autotune(device):  # as dwp train-source does
@@ -73,7 +73,11 @@ def run_mode(args: argparse.Namespace) -> dict:
             trainer = BatchedTrainer(model, lr=1e-3, epochs=args.epochs, l2=args.l2,
                                      chunk_size=chunk, precision=args.precision)
             for epoch in range(args.epochs):
+                te = time.perf_counter()
                 trainer.train_epoch(x, y, epoch, batch_size=args.batch_size)
+                sync()
+                if len(groups) == 1:  # batched: one time per epoch of all nets
+                    epoch_s.append(time.perf_counter() - te)
             eval_chunk = trainer.chunk_size if isinstance(trainer.chunk_size, int) else None
             accs += evaluate_accuracy(model, xt, yt, batch_size=args.batch_size,
                                       chunk_size=eval_chunk).tolist()
@@ -83,7 +87,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
-        "mode": args.mode, "wall_s": wall, "peak_memory_bytes": int(peak),
+        "mode": args.mode, "wall_s": wall, "epoch_s": epoch_s, "peak_memory_bytes": int(peak),
         "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
         "heldout_acc": accs, "mean_heldout_acc": sum(accs) / len(accs),
         "chunk_size": chunks[0], "device": str(device),
