@@ -57,6 +57,10 @@ def main() -> None:
                     choices=["batched", "batched_graph", "one_at_a_time"],
                     help="what to time: seeds trained together (eagerly or replaying a CUDA "
                     "graph per step) and/or one at a time")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="an untimed short run of the seeds first (CUDA start-up, cuDNN and "
+                    "cuBLAS set-up), so that the first timed side does not pay for it; default "
+                    "20 on CUDA, 0 on CPU")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")
     args = ap.parse_args()
@@ -84,6 +88,10 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    warmup = args.warmup_steps if args.warmup_steps is not None else (
+        20 if dev.type == "cuda" else 0)
+    if warmup > 0:
+        run_classification_seeds(method, args.n, seeds, **{**kw, "steps": warmup})
     out = {}
     for side in args.sides:
         if dev.type == "cuda":
@@ -110,6 +118,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
            "n": args.n, "seeds": args.seeds, "steps": args.steps,
            "kernel_subsample": args.kernel_subsample, "untrained_dwp": args.untrained_dwp,
+           "warmup_steps": warmup,
            "test_examples": len(test), **out,
            "load_avg_1min": os.getloadavg()[0]}
     if "one_at_a_time" in out and "batched" in out:

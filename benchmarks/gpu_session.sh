@@ -14,8 +14,8 @@
 #
 # Stages (run), in order of value; the first GPU session (2026-11-27, H200; BENCHMARKS.md
 # "First GPU session") measured 10 source nets, their kernels and a dwp grid cell, so this call
-# does what it left open: 1. 10 nets x 2 epochs with both convolution implementations (grouped
-# vs im2col + matmul), end to end; the faster one is used from then on, and its time per net
+# does what it left open: 1. 10 nets x 2 epochs with each convolution implementation (grouped,
+# mixed, im2col + matmul), end to end; the faster one is used from then on, and its time per net
 # sizes the source runs below; 2. when projected to fit, issue 4's row: 10 paper-width nets x
 # 100 epochs and their kernel sets; 3. 100 paper-width source nets for 2 epochs (re-measure after
 # the 32-bit-index chunk fix); 4. CUDA-graph training: a correctness check (bnn_graph_check.py),
@@ -23,6 +23,10 @@
 # steps) with eager steps vs CUDA-graph replays; 5. where a source-net step spends its time
 # (profile_source_step.py); 6. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs,
 # extrapolated); 7. with the time left, more paper-width source nets (seed 2) and their kernels.
+#
+# STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
+# src100x2 graph grid profile priors extra); MAX10=SECONDS caps the projected time of the
+# 10 x 100-epoch row; PROFILE_ARGS adds arguments to profile_source_step.py.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
@@ -98,9 +102,9 @@ if [ "$smoke" = 1 ]; then
   grid=(--n 20 --seeds 2 --steps 5 --test-examples 200 --threads 2)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
   src_args=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
-  cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=100
+  cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=${MAX10:-100}
 else
-  prof=(--nets 10)
+  prof=(--nets 10 ${PROFILE_ARGS:-})
   scale=(--nets 100 --widths 256 512 --epochs 2)
   impl_cmp=(--nets 10 --widths 256 512 --epochs 2)
   grid=(--n 50 --seeds 10 --steps 200)
@@ -111,31 +115,24 @@ else
   cap=(--cap 40000)
   limits=(60 100 80 100); full_epochs=100
   per_net=23    # fallback; H200 2026-11-27: 10 nets x 100 epochs took 223 s
-  max10=150     # run the 10-net x 100-epoch row only if projected to take <= this
+  max10=${MAX10:-150}  # run the 10-net x 100-epoch row only if projected to take <= this
 fi
 
-# seconds per net for 100 epochs of the chosen implementation, from the fastest (last, autotuned)
-# epoch of a source_nets JSON
+# seconds per net for FULL_EPOCHS epochs of an implementation, from the fastest (autotuned)
+# epoch of a source_nets JSON: per_net_from JSON MODE
 per_net_from() {
   "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); m = sys.argv[2]; \
 c = r['config']; x = [v for v in r['results'] if v['mode'] == m][0]; \
 e = x.get('epoch_s') or [x['wall_s'] / c['epochs']]; \
 print(max(1, round(min(e) / c['nets'] * $full_epochs)))" "$1" "$2" 2>/dev/null
 }
+# the implementation whose fastest epoch was fastest: native, mixed or unfold
+fastest_impl() {
+  "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
+t = {v['mode']: min(v.get('epoch_s') or [v['wall_s']]) for v in r['results']}; \
+m = min(t, key=t.get); print(m.split('-', 1)[1] if '-' in m else 'native')" "$1" 2>/dev/null
+}
 
-stage source10-impl 70 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
-  --modes batched batched-unfold --precision bf16 --device "$dev" \
-  --out "$OUT/source_nets_10x2_impl.json"
-impl=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
-print('unfold' if r.get('native_over_unfold', 0) > 1.1 else 'native')" \
-  "$OUT/source_nets_10x2_impl.json" 2>/dev/null || echo native)
-mode100=batched; [ "$impl" = unfold ] && mode100=batched-unfold
-per_net=$(per_net_from "$OUT/source_nets_10x2_impl.json" $mode100 || echo "$per_net")
-echo "== convolution implementation from here on: $impl (~${per_net} s per net for" \
-  "$full_epochs epochs)" | tee -a "$LOG"
-
-# the acceptance row of issue 4 (10 nets x 100 epochs), when its projected time is affordable;
-# its kernel sets come back as a tar file
 source_run() {  # source_run NAME NETS SEED: train-source + collect-kernels + pack
   local name=$1 nets=$2 seed=$3 args=("${src_args[@]}")
   [ "$smoke" = 1 ] || args+=(--nets "$nets")
@@ -146,35 +143,60 @@ source_run() {  # source_run NAME NETS SEED: train-source + collect-kernels + pa
     --out "$WORK/kernels-src-$name" &&
   pack "src-$name.tar" "src-$name" "kernels-src-$name"
 }
-if (( per_net * 10 <= max10 )); then
-  source_run 10x100 10 3
-else
-  echo "== source-10x100: skipped (projected $((per_net * 10)) s > ${max10} s)" | tee -a "$LOG"
-fi
 
-stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" --modes $mode100 \
-  --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
-stage bnn-graph-check 60 "$PY" benchmarks/bnn_graph_check.py
-for method in dwp sn; do
-  extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
-  stage "bnn-grid-$method" "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method $method \
-    "${extra_grid[@]}" "${grid[@]}" --sides batched batched_graph --device "$dev" \
-    --out "$OUT/bnn_grid.jsonl"
+impl=native; mode_of_impl=batched
+stage_impl() {  # 10 nets x 2 epochs, each implementation; the fastest is used from then on
+  stage source10-impl 90 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
+    --modes batched batched-mixed batched-unfold --precision bf16 --device "$dev" \
+    --out "$OUT/source_nets_10x2_impl.json"
+  impl=$(fastest_impl "$OUT/source_nets_10x2_impl.json" || echo native)
+  [ -n "$impl" ] || impl=native
+  mode_of_impl=batched; [ "$impl" = native ] || mode_of_impl=batched-$impl
+  per_net=$(per_net_from "$OUT/source_nets_10x2_impl.json" "$mode_of_impl" || echo "$per_net")
+  echo "== convolution implementation from here on: $impl (~${per_net} s per net for" \
+    "$full_epochs epochs)" | tee -a "$LOG"
+}
+stage_src10x100() {  # issue 4's row, when its projected time is affordable
+  if (( per_net * 10 <= max10 )); then
+    source_run 10x100 10 3
+  else
+    echo "== source-10x100: skipped (projected $((per_net * 10)) s > ${max10} s)" | tee -a "$LOG"
+  fi
+}
+stage_src100x2() {
+  stage source100x2 "${limits[1]}" "$PY" benchmarks/source_nets.py "${scale[@]}" \
+    --modes "$mode_of_impl" --precision bf16 --device "$dev" --out "$OUT/source_nets_100x2.json"
+}
+stage_graph() { stage bnn-graph-check 60 "$PY" benchmarks/bnn_graph_check.py; }
+stage_grid() {
+  local method extra_grid
+  for method in dwp sn; do
+    extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
+    stage "bnn-grid-$method" "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method $method \
+      "${extra_grid[@]}" "${grid[@]}" --sides batched batched_graph --device "$dev" \
+      --out "$OUT/bnn_grid.jsonl"
+  done
+}
+stage_profile() {  # the table is printed into the log; at most 8 files come back
+  stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" \
+    --device "$dev" --out "$OUT/profile_source.json"
+  rm -f "$OUT/profile_source.txt"
+}
+stage_priors() {
+  stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
+    --out "$OUT/priors.json"
+}
+stage_extra() {  # more source nets with what is left, sized from the measured time per net
+  local extra=$(( ($(left) - 60) * 10 / 13 / per_net ))
+  (( extra > 90 )) && extra=90
+  if (( extra >= 2 )); then
+    source_run extra "$extra" 2
+  else
+    echo "== source-extra: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
+  fi
+}
+
+for s in ${STAGES:-impl src10x100 src100x2 graph grid profile priors extra}; do
+  "stage_$s"
 done
-stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" --device "$dev" \
-  --out "$OUT/profile_source.json"
-# at most 8 files come back: the profiler table goes into the log
-[ -f "$OUT/profile_source.txt" ] && cat "$OUT/profile_source.txt" >> "$LOG" &&
-  rm "$OUT/profile_source.txt"
-stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
-  --out "$OUT/priors.json"
-
-# more source nets with what is left, sized from the measured time per net
-extra=$(( ($(left) - 60) * 10 / 13 / per_net ))
-(( extra > 90 )) && extra=90
-if (( extra >= 2 )); then
-  source_run extra "$extra" 2
-else
-  echo "== source-extra: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
-fi
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"

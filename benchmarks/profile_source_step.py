@@ -11,6 +11,8 @@ process on the same random batch, one Adam step (forward + backward + update) of
   grouped convolutions) with 1 and N nets, bf16 autocast;
 - ``unfold-bf16-1`` / ``unfold-bf16-N``: the same with convolutions as im2col + one batched
   matrix product (``BatchedModel(conv_impl="unfold")``, ``dwp.convimpl``);
+- ``mixed-bf16-N``: im2col + matmul for the one-input-channel conv1 only, grouped convolution
+  for conv2 (``conv_impl="mixed"``, what ``"auto"`` picks on CUDA);
 
 reports seconds per step, per net, and the achieved TFLOP/s (from the nets' multiply-adds), and
 writes the top CUDA (or CPU) kernels of the batched step from ``torch.profiler``.
@@ -91,6 +93,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="time only these variants (names as printed, N = --nets); default all")
+    ap.add_argument("--profile-impls", nargs="*", default=["native", "mixed", "unfold"],
+                    help="conv_impl values whose batched step gets a profiler table")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (and OUT.txt table)")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -110,7 +116,14 @@ def main() -> None:
         "unfold-bf16-1": (lambda: batched_step(args.widths, x, y, 1, "unfold"), 1),
         f"unfold-bf16-{args.nets}": (lambda: batched_step(args.widths, x, y, args.nets,
                                                           "unfold"), args.nets),
+        f"mixed-bf16-{args.nets}": (lambda: batched_step(args.widths, x, y, args.nets,
+                                                         "mixed"), args.nets),
     }
+    if args.variants:
+        unknown = set(args.variants) - set(variants)
+        if unknown:
+            ap.error(f"unknown variants {sorted(unknown)}; choose from {list(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.variants}
     results = {}
     tf32_saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with cudnn_autotune(dev):
@@ -130,7 +143,7 @@ def main() -> None:
             acts.append(torch.profiler.ProfilerActivity.CUDA)
         sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
         tables = []
-        for impl in ("native", "unfold"):
+        for impl in args.profile_impls:
             step = batched_step(args.widths, x, y, args.nets, impl)
             time_steps(step, 1, args.warmup, dev)
             with torch.profiler.profile(activities=acts) as prof:

@@ -54,7 +54,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     seeds = SourceConfig(nets=args.nets, seed=args.seed).net_seeds()
     factory = net_factory("fconv", args.widths, 1, 10)
     groups = [seeds] if args.mode.startswith("batched") else [[s] for s in seeds]
-    conv_impl = "unfold" if args.mode.endswith("-unfold") else "native"
+    conv_impl = args.mode.split("-", 1)[1] if "-" in args.mode else "native"
     chunk = None if args.chunk_size == "all" else (
         "auto" if args.chunk_size == "auto" else int(args.chunk_size))
 
@@ -114,9 +114,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--data-root", default=os.environ.get("DWP_DATA_ROOT"))
     p.add_argument("--modes", nargs="+", default=["batched", "sequential"],
-                   choices=["batched", "sequential", "batched-unfold", "sequential-unfold"],
+                   choices=["batched", "sequential", "batched-unfold", "sequential-unfold",
+                            "batched-mixed", "sequential-mixed"],
                    help="batched: all nets in one vmapped computation; sequential: one net at a "
-                   "time; -unfold: convolutions as im2col + matmul (dwp.convimpl)")
+                   "time; -unfold: convolutions as im2col + matmul (dwp.convimpl); -mixed: that "
+                   "for the one-input-channel conv1 only")
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one mode
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args()
@@ -135,7 +137,9 @@ def main() -> None:
             raise SystemExit(f"{mode} run failed")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"{mode:10s} wall {r['wall_s']:8.1f} s  peak {r['peak_memory_bytes'] / 2**30:6.2f} "
+        last = r["epoch_s"][-1] if r["epoch_s"] else float("nan")
+        print(f"{mode:14s} wall {r['wall_s']:8.1f} s  last epoch {last:6.2f} s  "
+              f"peak {r['peak_memory_bytes'] / 2**30:6.2f} "
               f"GiB  mean held-out acc {r['mean_heldout_acc']:.4f}  chunk {r['chunk_size']}")
     record = {
         "benchmark": "source_nets",
@@ -147,7 +151,8 @@ def main() -> None:
     }
     by_mode = {r["mode"]: r for r in results}
     for slow, fast, key in (("sequential", "batched", "sequential_over_batched"),
-                            ("batched", "batched-unfold", "native_over_unfold")):
+                            ("batched", "batched-unfold", "native_over_unfold"),
+                            ("batched", "batched-mixed", "native_over_mixed")):
         if slow in by_mode and fast in by_mode:
             a, b = by_mode[slow], by_mode[fast]
             record[key] = a["wall_s"] / b["wall_s"]

@@ -68,18 +68,22 @@ def test_batched_sampling_mode_trains():
 
 def test_cuda_graph_flag_on_cpu_trains_eagerly_with_the_same_result():
     """CUDA graphs exist on CUDA only: on CPU the flag is a no-op (``cuda_graph`` False in the
-    result) and training equals the plain call. The GPU check is benchmarks/bnn_graph_check.py."""
+    result) and training equals the plain call; so is ``capturable_adam``. The GPU check is benchmarks/bnn_graph_check.py."""
     torch.manual_seed(0)
     x, y = torch.randn(2, 12, 1, 8, 8), torch.randint(0, 3, (2, 12))
     plain = [_net(s) for s in range(2)]
     for net in plain:
         net[0].mode = net[4].mode = "mean"
     flagged = copy.deepcopy(plain)
+    capturable = copy.deepcopy(plain)
     a = train_bnn_batched(plain, x, y, steps=6, lr=3e-2, record_losses=True)
     b = train_bnn_batched(flagged, x, y, steps=6, lr=3e-2, cuda_graph=True, record_losses=True)
+    c = train_bnn_batched(capturable, x, y, steps=6, lr=3e-2, capturable_adam=True,
+                          record_losses=True)
     assert a["cuda_graph"] is False and b["cuda_graph"] is False
     assert a["history"].shape == (6, 2)
     torch.testing.assert_close(a["history"], b["history"])
+    torch.testing.assert_close(a["history"], c["history"])
     assert a["history"][-1].sum() < a["history"][0].sum()
     for p, q in zip(plain[1].parameters(), flagged[1].parameters(), strict=True):
         torch.testing.assert_close(p, q)

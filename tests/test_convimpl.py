@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
-from dwp.convimpl import UnfoldConv2d, conv2d_unfold, use_unfold_convs_
+from dwp.convimpl import UnfoldConv2d, conv2d_unfold, resolve_conv_impl, use_unfold_convs_
 from dwp.nets import FConvMNIST
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,3 +68,30 @@ def test_grouped_and_padded_modes_fall_back_to_conv2d():
         use_unfold_convs_(conv)
         assert isinstance(conv, UnfoldConv2d)
         torch.testing.assert_close(conv(x), ref)
+
+
+def test_single_channel_only_swaps_just_the_first_layer_and_auto_resolves_by_device():
+    torch.manual_seed(0)
+    net = FConvMNIST((3, 4)).double()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    before = net(x)
+    use_unfold_convs_(net, single_channel_only=True)
+    assert isinstance(net.features.conv1, UnfoldConv2d)
+    assert type(net.features.conv2) is nn.Conv2d
+    torch.testing.assert_close(net(x), before)
+    assert resolve_conv_impl("auto", "cuda") == "mixed"
+    assert resolve_conv_impl("auto", torch.device("cpu")) == "native"
+    assert resolve_conv_impl("unfold", "cuda") == "unfold"
+    with pytest.raises(ValueError, match="unknown convolution implementation 'x'"):
+        resolve_conv_impl("x", "cpu")
+
+
+def test_input_without_gradient_gives_the_weight_gradient_of_conv2d():
+    """The first layer's case: data in, only the kernels need a gradient."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64, generator=g)
+    w = torch.randn(7, 1, 7, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    up = torch.randn(3, 7, 22, 22, dtype=torch.float64, generator=g)
+    (g_got,) = torch.autograd.grad((conv2d_unfold(x, w) * up).sum(), w)
+    (g_ref,) = torch.autograd.grad((F.conv2d(x, w) * up).sum(), w)
+    torch.testing.assert_close(g_got, g_ref)

@@ -50,10 +50,26 @@ def test_tiny_cpu_run_writes_results(benchmark_script, tmp_path, monkeypatch):
     rec = json.loads(out.read_text())
     assert set(rec["results"]) == {"plain-fp32", "plain-tf32", "plain-bf16", "plain-bf16-cl",
                                    "batched-bf16-1", "batched-bf16-2", "unfold-bf16-1",
-                                   "unfold-bf16-2"}
+                                   "unfold-bf16-2", "mixed-bf16-2"}
     for r in rec["results"].values():
         assert r["s_per_step"] > 0 and r["tflops"] > 0
     assert rec["results"]["batched-bf16-2"]["s_per_net_step"] == pytest.approx(
         rec["results"]["batched-bf16-2"]["s_per_step"] / 2)
     text = out.with_suffix(".txt").read_text()
     assert "conv_impl=native" in text and "conv_impl=unfold" in text and "Name" in text
+    assert "conv_impl=mixed" in text
+
+
+def test_variants_flag_times_only_those(benchmark_script, tmp_path, monkeypatch):
+    mod = benchmark_script("profile_source_step")
+    out = tmp_path / "prof.json"
+    monkeypatch.setattr(sys, "argv", [
+        "profile_source_step.py", "--device", "cpu", "--widths", "4", "8", "--nets", "2",
+        "--batch", "8", "--steps", "1", "--warmup", "1", "--variants", "mixed-bf16-2",
+        "--profile-impls", "--out", str(out)])
+    mod.main()
+    assert set(json.loads(out.read_text())["results"]) == {"mixed-bf16-2"}
+    monkeypatch.setattr(sys, "argv", ["profile_source_step.py", "--device", "cpu",
+                                      "--variants", "nope"])
+    with pytest.raises(SystemExit):
+        mod.main()

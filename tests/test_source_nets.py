@@ -107,7 +107,9 @@ def _cifar_src_factory():
      (_cifar_src_factory, (3, 32, 32), 5, 1, "native"),
      # convolutions as im2col + batched matmul (dwp.convimpl)
      (_fconv_factory, (1, 28, 28), 10, 2, "unfold"),
-     (_cifar_src_factory, (3, 32, 32), 5, None, "unfold")],
+     (_cifar_src_factory, (3, 32, 32), 5, None, "unfold"),
+     # im2col + matmul for the one-input-channel conv1 only (what "auto" picks on CUDA)
+     (_fconv_factory, (1, 28, 28), 10, 2, "mixed")],
 )
 def test_batched_training_equals_one_by_one(factory, shape, classes, chunk, conv_impl):
     torch.manual_seed(0)
@@ -331,7 +333,7 @@ def test_parse_widths_and_bad_config():
         SourceConfig(dataset="svhn").resolved()
     with pytest.raises(DwpError, match="chunk-size"):
         SourceConfig(chunk_size="many").resolved()
-    with pytest.raises(DwpError, match="conv-impl must be one of native, unfold"):
+    with pytest.raises(DwpError, match="conv-impl must be one of native, unfold, mixed, auto"):
         SourceConfig(conv_impl="winograd").resolved()
     with pytest.raises(DwpError, match="unknown convolution implementation"):
         BatchedModel(_fconv_factory, [0], conv_impl="winograd")

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from dwp.convimpl import CONV_IMPLS, use_unfold_convs_
+from dwp.convimpl import CONV_IMPLS, resolve_conv_impl, use_unfold_convs_
 from dwp.runtime import DwpError
 
 ModuleFactory = Callable[[], nn.Module]
@@ -106,8 +106,11 @@ class BatchedModel:
         Where the stacked tensors live.
     conv_impl:
         How the nets' ``nn.Conv2d`` layers compute: ``"native"`` (``F.conv2d``; under vmap one
-        grouped convolution over the nets) or ``"unfold"`` (im2col + matmul, under vmap one
-        batched matrix product; see :mod:`dwp.convimpl`). Results agree up to float rounding.
+        grouped convolution over the nets), ``"unfold"`` (im2col + matmul, under vmap one
+        batched matrix product), ``"mixed"`` (im2col + matmul for convolutions with one input
+        channel only) or ``"auto"`` (``"mixed"`` on CUDA, ``"native"`` elsewhere); see
+        :mod:`dwp.convimpl`. Results agree up to float rounding. ``self.conv_impl`` holds the
+        resolved choice.
 
     Attributes
     ----------
@@ -132,15 +135,17 @@ class BatchedModel:
             raise DwpError(f"unknown convolution implementation {conv_impl!r}: use one of "
                            f"{', '.join(CONV_IMPLS)}")
         self.factory = factory
-        self.conv_impl = conv_impl
+        # "auto" is resolved here, for the device the parameters live on
+        dev = _stacked[0][next(iter(_stacked[0]))].device if _stacked else torch.device(device)
+        self.conv_impl = resolve_conv_impl(conv_impl, dev)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise DwpError("a batched model needs at least one net (seed)")
         template = factory()
         self.sample_dim = _infer_sample_dim(template) if sample_dim is None else sample_dim
         self.base = copy.deepcopy(template).to("meta")
-        if conv_impl == "unfold":
-            use_unfold_convs_(self.base)
+        if self.conv_impl in ("unfold", "mixed"):
+            use_unfold_convs_(self.base, single_channel_only=self.conv_impl == "mixed")
         if _stacked is not None:
             self.params, self.buffers = _stacked
             return

@@ -69,6 +69,7 @@ def train_bnn_batched(
     generator: torch.Generator | None = None,
     randomness: str = "different",
     cuda_graph: bool = False,
+    capturable_adam: bool | None = None,
     record_losses: bool = False,
     show_progress: bool = False,
 ) -> dict[str, Any]:
@@ -77,7 +78,10 @@ def train_bnn_batched(
     ``images`` (M, N, C, H, W) and ``labels`` (M, N) give each of the M nets its own data (or
     (N, C, H, W) / (N,) shared). Adam, lr linearly decayed to 0 over ``steps``; full batch for
     N <= 1000, else mini-batches with one shared index order. ``cuda_graph``: replay each step
-    as a recorded CUDA graph (CUDA and full batch only; see the module docstring). Returns
+    as a recorded CUDA graph (CUDA and full batch only; see the module docstring).
+    ``capturable_adam``: run Adam in its capturable form (state and lr on the device), as graph
+    replay needs; default: exactly when graphs are used. Setting it without graphs gives the
+    graph path's arithmetic eagerly (``benchmarks/bnn_graph_check.py``); CUDA only. Returns
     ``{"loss": (M,) final losses, "steps", "seconds", "cuda_graph": whether graphs ran}``,
     plus ``"history"``: (steps, M) losses of every step when ``record_losses``.
     """
@@ -110,9 +114,11 @@ def train_bnn_batched(
     in_x = None if shared else 0
     f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
     # capturable Adam keeps its step counts on the device and takes the lr as a device tensor
+    capturable = (use_graph if capturable_adam is None else capturable_adam) and (
+        device.type == "cuda")
     opt = torch.optim.Adam(list(trainable.values()),
-                           lr=torch.tensor(lr, device=device) if use_graph else lr,
-                           capturable=use_graph)
+                           lr=torch.tensor(lr, device=device) if capturable else lr,
+                           capturable=capturable)
 
     def set_lr(t: int) -> None:
         value = lr * max(0.0, 1.0 - t / steps)

@@ -89,7 +89,7 @@ class SourceConfig:
     train_examples: int | None = None
     chunk_size: str = "auto"
     precision: str = "fp32"
-    conv_impl: str = "native"
+    conv_impl: str = "auto"
     augment_shift: int = 0
     checkpoint_every: int = 1
     device: str = "auto"

@@ -80,10 +80,12 @@ def train_source(
         "AVX-512 BF16.",
     ),
     conv_impl: str = typer.Option(
-        "native", "--conv-impl",
+        "auto", "--conv-impl",
         help="How convolutions compute: native (F.conv2d; many nets become one grouped "
-        "convolution) or unfold (im2col + one batched matrix product over the nets; "
-        "see BENCHMARKS.md for which is faster where). Does not change results.",
+        "convolution), unfold (im2col + one batched matrix product over the nets), mixed "
+        "(unfold for convolutions with one input channel, native for the rest) or auto (mixed "
+        "on CUDA, native elsewhere); see BENCHMARKS.md for which is faster where. Does not "
+        "change results.",
     ),
     augment_shift: int = typer.Option(
         0, "--augment-shift",

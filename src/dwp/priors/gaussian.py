@@ -77,7 +77,8 @@ class StandardNormal(KernelPrior):
         self.sigma = float(sigma)
 
     def _log_var(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(2 * math.log(self.sigma), dtype=like.dtype, device=like.device)
+        # torch.full, not torch.tensor: no host-to-device copy, so a CUDA graph can record it
+        return torch.full((), 2 * math.log(self.sigma), dtype=like.dtype, device=like.device)
 
     def sample(self, n, kernel_size=None, generator=None):
         k = self._resolve_k(kernel_size)
