@@ -12,21 +12,23 @@
 #   bash benchmarks/gpu_session.sh smoke          # the same stages, tiny, on the CPU (a check of
 #                                                 # this script; its numbers mean nothing)
 #
-# Stages (run), in order of value; the first GPU session (2026-11-27, H200; BENCHMARKS.md
-# "First GPU session") measured 10 source nets, their kernels and a dwp grid cell, so this call
-# does what it left open: 1. 10 nets x 2 epochs with each convolution implementation (grouped,
-# mixed, im2col + matmul), end to end; the faster one is used from then on, and its time per net
-# sizes the source runs below; 2. when projected to fit, issue 4's row: 10 paper-width nets x
-# 100 epochs and their kernel sets; 3. 100 paper-width source nets for 2 epochs (re-measure after
-# the 32-bit-index chunk fix); 4. CUDA-graph training: a correctness check (bnn_graph_check.py),
-# then grid cells (dwp with untrained VAEs of the paper's size, standard normal; 10 seeds, 200
-# steps) with eager steps vs CUDA-graph replays; 5. where a source-net step spends its time
-# (profile_source_step.py); 6. VAE prior training speed (7x7 300 epochs; 5x5 for 10 epochs,
-# extrapolated); 7. with the time left, more paper-width source nets (seed 2) and their kernels.
+# Stages (run), in order of value. The H200 session (2026-11-27) and the H100 session
+# (2026-11-28) measured source nets, their kernels, profiles, VAE speed and 200-step grid cells
+# (BENCHMARKS.md "First GPU session", "Second GPU session"); the default order does what they
+# left open: 1. graph: the like-for-like CUDA-graph check (bnn_graph_check.py); 2. impl: 10 nets
+# x 2 epochs batched (mixed, native) and one at a time (mixed); the fastest batched
+# implementation is used from then on and its epoch time sizes the source runs; 3. src10x100:
+# issue 4's row, 10 paper-width nets x 100 epochs, and their kernel sets, when projected to fit;
+# 4. src100x2: 100 nets x 2 epochs; 5. gridfull: a 10-seed dwp cell at paper length (N = 50,
+# 10,000 steps) and N = 1000 cells (dwp, sn; 500 steps), CUDA-graph replay, the measured basis
+# for the whole grid's time; 6. profile; 7. priors (VAE training speed); 8. extra: with the time
+# left, more paper-width source nets (seed 2) and their kernel sets.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph grid profile priors extra); MAX10=SECONDS caps the projected time of the
-# 10 x 100-epoch row; PROFILE_ARGS adds arguments to profile_source_step.py.
+# src100x2 graph grid gridfull profile priors extra; default: graph impl src10x100 src100x2
+# gridfull profile priors extra); MAX10=SECONDS caps the projected time of the 10 x 100-epoch
+# row; IMPL_MODES sets the source_nets.py modes of the impl stage; PROFILE_ARGS adds arguments
+# to profile_source_step.py.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
@@ -100,6 +102,8 @@ if [ "$smoke" = 1 ]; then
   scale=(--nets 4 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
   impl_cmp=(--nets 2 --widths 8 16 --epochs 1 --train-examples 500 --threads 2)
   grid=(--n 20 --seeds 2 --steps 5 --test-examples 200 --threads 2)
+  cell50=(--n 20 --seeds 2 --steps 10 --test-examples 200 --threads 2)
+  cell1000=(--n 40 --seeds 2 --steps 5 --test-examples 200 --threads 2)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
   src_args=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
   cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=${MAX10:-100}
@@ -108,6 +112,8 @@ else
   scale=(--nets 100 --widths 256 512 --epochs 2)
   impl_cmp=(--nets 10 --widths 256 512 --epochs 2)
   grid=(--n 50 --seeds 10 --steps 200)
+  cell50=(--n 50 --seeds 10 --steps 10000)
+  cell1000=(--n 1000 --seeds 10 --steps 500)
   pri=(--epochs5 10)
   src_args=(--widths 256 512 --epochs 100)
   # 40k train + 40k test 5x5 kernels (8 MB) + all 7x7 kernels of up to 90 nets (4.5 MB) + net
@@ -129,7 +135,8 @@ print(max(1, round(min(e) / c['nets'] * $full_epochs)))" "$1" "$2" 2>/dev/null
 # the implementation whose fastest epoch was fastest: native, mixed or unfold
 fastest_impl() {
   "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \
-t = {v['mode']: min(v.get('epoch_s') or [v['wall_s']]) for v in r['results']}; \
+t = {v['mode']: min(v.get('epoch_s') or [v['wall_s']]) for v in r['results'] \
+if v['mode'].startswith('batched')}; \
 m = min(t, key=t.get); print(m.split('-', 1)[1] if '-' in m else 'native')" "$1" 2>/dev/null
 }
 
@@ -145,9 +152,10 @@ source_run() {  # source_run NAME NETS SEED: train-source + collect-kernels + pa
 }
 
 impl=native; mode_of_impl=batched
-stage_impl() {  # 10 nets x 2 epochs, each implementation; the fastest is used from then on
-  stage source10-impl 90 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
-    --modes batched batched-mixed batched-unfold --precision bf16 --device "$dev" \
+stage_impl() {  # 10 nets x 2 epochs, each implementation (and one at a time: the ratio issue 4
+  # asks for); the fastest batched one is used from then on
+  stage source10-impl 120 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
+    --modes ${IMPL_MODES:-batched-mixed sequential-mixed batched} --precision bf16 --device "$dev" \
     --out "$OUT/source_nets_10x2_impl.json"
   impl=$(fastest_impl "$OUT/source_nets_10x2_impl.json" || echo native)
   [ -n "$impl" ] || impl=native
@@ -177,6 +185,19 @@ stage_grid() {
       --out "$OUT/bnn_grid.jsonl"
   done
 }
+stage_gridfull() {  # measured cell times for the whole grid: N = 50 at paper length, N = 1000
+  # (the costliest size) for 500 steps; CUDA-graph replay only
+  stage bnn-cell-dwp-n50 200 "$PY" benchmarks/bnn_grid.py --method dwp --untrained-dwp \
+    --kernel-subsample 512 "${cell50[@]}" --sides batched_graph --device "$dev" \
+    --out "$OUT/bnn_grid.jsonl"
+  local method extra_grid
+  for method in dwp sn; do
+    extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
+    stage "bnn-cell-$method-n1000" 60 "$PY" benchmarks/bnn_grid.py --method $method \
+      "${extra_grid[@]}" "${cell1000[@]}" --sides batched_graph --device "$dev" \
+      --out "$OUT/bnn_grid.jsonl"
+  done
+}
 stage_profile() {  # the table is printed into the log; at most 8 files come back
   stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" \
     --device "$dev" --out "$OUT/profile_source.json"
@@ -196,7 +217,7 @@ stage_extra() {  # more source nets with what is left, sized from the measured t
   fi
 }
 
-for s in ${STAGES:-impl src10x100 src100x2 graph grid profile priors extra}; do
+for s in ${STAGES:-graph impl src10x100 src100x2 gridfull profile priors extra}; do
   "stage_$s"
 done
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"

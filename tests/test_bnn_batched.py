@@ -68,7 +68,8 @@ def test_batched_sampling_mode_trains():
 
 def test_cuda_graph_flag_on_cpu_trains_eagerly_with_the_same_result():
     """CUDA graphs exist on CUDA only: on CPU the flag is a no-op (``cuda_graph`` False in the
-    result) and training equals the plain call; so is ``capturable_adam``. The GPU check is benchmarks/bnn_graph_check.py."""
+    result) and training equals the plain call; so is ``capturable_adam``. The GPU check is
+    benchmarks/bnn_graph_check.py."""
     torch.manual_seed(0)
     x, y = torch.randn(2, 12, 1, 8, 8), torch.randint(0, 3, (2, 12))
     plain = [_net(s) for s in range(2)]
