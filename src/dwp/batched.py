@@ -203,9 +203,11 @@ class BatchedModel:
         def one(p, b, xi):
             return functional_call(self.base, (p, b), (xi,))
 
-        if n == 1 and x.device.type == "cpu":
-            # One net (e.g. --chunk-size 1 on CPU): a plain call, no vmap. vmap lowers the
-            # convolutions to grouped ones, which oneDNN runs ~1.6x slower on CPU for one net.
+        if n == 1:
+            # One net (e.g. --chunk-size 1, or one-at-a-time benchmarks): a plain call, no vmap.
+            # Under vmap one net still went through the batched convolution path: ~1.6x slower
+            # on CPU (oneDNN), and on an H100 a step took 6.0 ms against a plain module's 2.4
+            # (profile_source_step.py, 2026-11-28).
             first = {k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()}
             return one(*first, x if shared else x[0]).unsqueeze(0)
         in_x = None if shared else 0
