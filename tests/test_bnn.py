@@ -111,6 +111,7 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     for k in ("accuracy", "nll", "ece", "seconds", "device"):
         assert k in rec
     assert 0.0 <= rec["accuracy"] <= 1.0 and rec["test_examples"] == 500
+    assert not (out / "checkpoint.pt").exists()  # removed once metrics.json is written
     assert main(args) == 0  # rerun: done, nothing retrained
     assert main(["train-bnn", "--out", str(tmp_path / "b"), "--prior", "dwp",
                  "--data-root", str(data_root)]) == 2  # no --prior-dir
@@ -145,6 +146,7 @@ def test_experiment_classification_resumes(tmp_path, data_root):
     assert keys == [("deterministic", 0), ("standard-normal", 0)]  # sn/0 was not repeated
     assert all(r["note"] == "test" and r["test_examples"] == 100 for r in rows)
     assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()
+    assert not list((tmp_path / "checkpoints").glob("*"))  # each run's resume file removed
 
 
 @pytest.mark.parametrize(("freeze", "init"), [(False, None), (True, "prior-mean")])
@@ -391,3 +393,74 @@ def test_train_bnn_command_with_per_layer_priors_saves_and_reloads(tmp_path, dat
     assert not bad.exists()
     # prior samples cannot be drawn from the log-uniform layer
     assert main([*args[:2], str(bad), "--prior", spec, *args[4:], "--init", "prior"]) == 2
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_interrupted_bnn_training_resumes_to_the_uninterrupted_result(
+        tmp_path, mnist50, monkeypatch, batch_size):
+    """Kill a run mid-way (after a checkpoint); rerunning it ends bit for bit where a run
+    that was never stopped ends: parameters, Adam state, batch order and random draws."""
+    import dwp.bnn as bnn_mod
+    from dwp.nets import FConvMNIST
+
+    x, y = mnist50
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        net = FConvMNIST((4, 8))
+        bayesianize(net, StandardNormal())
+        return net
+
+    kw = {"steps": 12, "batch_size": batch_size, "kernel_subsample": 8, "log_every": 1}
+    whole = fresh()
+    ref = train_bnn(whole, x, y, generator=torch.Generator().manual_seed(3), **kw)
+
+    ckpt = tmp_path / "ck.pt"
+    real_loss, calls = bnn_mod.elbo_loss, {"n": 0}
+
+    def dying_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 6: the last checkpoint was written after step 4
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(bnn_mod, "elbo_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_bnn(fresh(), x, y, generator=torch.Generator().manual_seed(3),
+                  checkpoint=ckpt, checkpoint_every=4, **kw)
+    monkeypatch.setattr(bnn_mod, "elbo_loss", real_loss)
+    assert torch.load(ckpt, weights_only=True)["step"] == 4
+
+    torch.manual_seed(123)  # the resumed run must not depend on the state it starts in
+    resumed = fresh()
+    with torch.no_grad():  # nor on the parameters it was built with
+        for p in resumed.parameters():
+            p.add_(1.0)
+    hist = train_bnn(resumed, x, y, generator=torch.Generator().manual_seed(99),
+                     checkpoint=ckpt, checkpoint_every=4, **kw)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert hist["loss"] == ref["loss"] and hist["step"] == list(range(12))
+    assert hist["resumed_from"] == 4 and ref["resumed_from"] == 0
+    assert torch.load(ckpt, weights_only=True)["step"] == 12  # the finished state is kept
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path, mnist50):
+    from dwp.nets import FConvMNIST
+
+    x, y = mnist50
+    ckpt = tmp_path / "ck.pt"
+    torch.manual_seed(0)
+    net = FConvMNIST((4, 8))
+    bayesianize(net, StandardNormal())
+    train_bnn(net, x, y, steps=2, checkpoint=ckpt, checkpoint_every=1)
+    with pytest.raises(DwpError, match="2-step run, not 3"):
+        train_bnn(net, x, y, steps=3, checkpoint=ckpt)
+    other = FConvMNIST((4, 6))
+    bayesianize(other, StandardNormal())
+    with pytest.raises(DwpError, match="another model"):
+        train_bnn(other, x, y, steps=2, checkpoint=ckpt)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(DwpError, match="delete it"):
+        train_bnn(net, x, y, steps=2, checkpoint=ckpt)

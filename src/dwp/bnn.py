@@ -43,20 +43,88 @@ def _linear_decay(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / steps))
 
 
-def _batches(n: int, bs: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
-    """An endless sampler of index batches: shuffled epochs of size ``bs`` (full batch: all)."""
-    state = {"perm": torch.randperm(n, generator=generator), "pos": 0}
+class _BatchSampler:
+    """An endless sampler of index batches: shuffled epochs of size ``bs`` (full batch: all).
 
-    def nxt() -> torch.Tensor:
-        if bs >= n:
-            return torch.arange(n)
-        if state["pos"] + bs > n:
-            state["perm"], state["pos"] = torch.randperm(n, generator=generator), 0
-        idx = state["perm"][state["pos"] : state["pos"] + bs]
-        state["pos"] += bs
+    Its position is part of a training checkpoint (``state_dict`` / ``load_state_dict``).
+    """
+
+    def __init__(self, n: int, bs: int, generator: torch.Generator) -> None:
+        self.n, self.bs, self.generator = n, bs, generator
+        self.perm = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.bs >= self.n:
+            return torch.arange(self.n)
+        if self.pos + self.bs > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.perm[self.pos : self.pos + self.bs]
+        self.pos += self.bs
         return idx
 
-    return nxt
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+CHECKPOINT_FORMAT = "dwp-train-bnn-checkpoint"
+
+
+def _save_checkpoint(
+    path: Path, *, step: int, steps: int, model: nn.Module, opt: torch.optim.Optimizer,
+    sched: Any, sampler: _BatchSampler, generator: torch.Generator, hist: dict[str, Any],
+    elapsed: float,
+) -> None:
+    """Everything a resumed run needs to continue bit for bit: parameters, Adam moments, the
+    schedule, the batch order, and the states of the CPU (and CUDA) random generators."""
+    import io
+
+    from dwp.runtime import atomic_write_bytes
+
+    state = {
+        "format": CHECKPOINT_FORMAT, "step": step, "steps": steps, "elapsed": elapsed,
+        "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "sampler": sampler.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "hist": hist,
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(
+    path: Path, *, steps: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+    sampler: _BatchSampler, generator: torch.Generator,
+) -> tuple[int, dict[str, Any], float]:
+    """Restore what :func:`_save_checkpoint` wrote; return (next step, history, elapsed s)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise DwpError(f"cannot read the checkpoint {path} ({exc}): delete it to start over"
+                       ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DwpError(f"{path} is not a train-bnn checkpoint: delete it to start over")
+    if state["steps"] != steps:
+        raise DwpError(f"the checkpoint {path} is of a {state['steps']}-step run, not {steps}: "
+                       "use the same --steps or delete it")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DwpError(f"the checkpoint {path} holds another model ({exc}): delete it to "
+                       "start over") from exc
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"]), state["hist"], float(state["elapsed"])
 
 
 def train_bnn(
@@ -71,6 +139,8 @@ def train_bnn(
     generator: torch.Generator | None = None,
     show_progress: bool = False,
     log_every: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> dict[str, Any]:
     """Train a model with variational layers by minimising the negative ELBO estimate.
 
@@ -81,6 +151,12 @@ def train_bnn(
 
     Returns ``{"loss": [...], "nll": [...], "kl": [...], "steps", "seconds"}`` with one entry per
     logged step (every ``log_every`` steps and the last; ``log_every=0``: first and last only).
+
+    ``checkpoint``: a file to save the whole training state to every ``checkpoint_every``
+    steps and at the end; when it exists at the start, training resumes from it and ends
+    exactly as an uninterrupted run would (same random draws). The caller deletes it once
+    the result is safe. ``seconds`` then counts the training time of every part of the run;
+    ``resumed_from`` is the step it restarted at (0: not resumed).
     """
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
@@ -91,14 +167,22 @@ def train_bnn(
     n = x.shape[0]
     bs = resolve_batch_size(n, batch_size)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    next_batch = _batches(n, bs, g)
+    next_batch = _BatchSampler(n, bs, g)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = _linear_decay(opt, steps)
     hist: dict[str, Any] = {"step": [], "loss": [], "nll": [], "kl": []}
+    start, elapsed = 0, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and checkpoint_every < 1:
+        raise DwpError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if ckpt is not None and ckpt.exists():
+        start, hist, elapsed = _load_checkpoint(ckpt, steps=steps, model=model, opt=opt,
+                                                sched=sched, sampler=next_batch, generator=g)
     model.train()
     t0 = time.perf_counter()
-    bar = progress(range(steps), desc="train-bnn", enabled=show_progress)
+    bar = progress(range(start, steps), desc="train-bnn", enabled=show_progress,
+                   initial=start, total=steps)
     for t in bar:
         idx = next_batch().to(device)
         opt.zero_grad(set_to_none=True)
@@ -117,8 +201,13 @@ def train_bnn(
             hist["nll"].append(nll)
             hist["kl"].append(kl_term.item())
             bar.set_postfix(nll=f"{nll:.3f}", kl=f"{kl_term.item():.4g}")
+        if ckpt is not None and ((t + 1) % checkpoint_every == 0 or t + 1 == steps):
+            _save_checkpoint(ckpt, step=t + 1, steps=steps, model=model, opt=opt, sched=sched,
+                             sampler=next_batch, generator=g, hist=hist,
+                             elapsed=elapsed + time.perf_counter() - t0)
     hist["steps"] = steps
-    hist["seconds"] = time.perf_counter() - t0
+    hist["seconds"] = elapsed + time.perf_counter() - t0
+    hist["resumed_from"], hist["seconds_before_resume"] = start, elapsed
     return hist
 
 
@@ -144,7 +233,7 @@ def train_deterministic(
     x, y = images.to(device), labels.to(device)
     n = x.shape[0]
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    next_batch = _batches(n, resolve_batch_size(n, batch_size), g)
+    next_batch = _BatchSampler(n, resolve_batch_size(n, batch_size), g)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = _linear_decay(opt, steps)
     model.train()
@@ -507,6 +596,8 @@ def run_classification(
     weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
     show_progress: bool = False,
     model_path: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> dict[str, Any]:
     """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
 
@@ -521,6 +612,8 @@ def run_classification(
 
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
     and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
+    ``checkpoint`` (Bayesian methods): resume file of :func:`train_bnn`, saved every
+    ``checkpoint_every`` steps; the caller deletes it once the record is stored.
     """
     from dwp.data import class_balanced_subset
     from dwp.runtime import seed_everything
@@ -552,10 +645,14 @@ def run_classification(
             log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
         hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
                          kernel_subsample=kernel_subsample, generator=g,
-                         show_progress=show_progress)
+                         show_progress=show_progress, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
         rec.update(settings, kernel_subsample=kernel_subsample,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
+        if hist["resumed_from"]:  # seconds below then add the time before the interruption
+            rec["resumed_from_step"] = hist["resumed_from"]
+            t0 -= hist["seconds_before_resume"]
     if model_path is not None:
         save_bnn(model, model_path, method=method, widths=widths, in_channels=in_ch,
                  num_classes=train_data.num_classes)

@@ -78,6 +78,11 @@ def train_bnn(
         None, "--batch-size", help="Mini-batch size (default: full batch for N <= 1000)."
     ),
     test_examples: int | None = TestExamples,
+    checkpoint_every: int = typer.Option(
+        500, "--checkpoint-every",
+        help="Save the training state to OUT/checkpoint.pt every N steps, so that a killed run "
+        "resumes where it stopped when rerun (0: never; deterministic runs always restart).",
+    ),
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -94,6 +99,8 @@ def train_bnn(
     used = set(layer_methods.values()) if layer_methods else {method}
     if steps < 1:
         raise DwpError(f"--steps must be >= 1, got {steps}")
+    if checkpoint_every < 0:
+        raise DwpError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if kernel_subsample is not None and kernel_subsample < 1:
         raise DwpError(f"--kernel-subsample must be >= 1, got {kernel_subsample}")
     if init not in (None, "prior", "prior-mean", "xavier"):
@@ -129,6 +136,7 @@ def train_bnn(
 
         test = test.subset(torch.arange(min(test_examples, len(test))))
     prepare_run_dir(out, "train-bnn", config)
+    checkpoint = out / "checkpoint.pt"
     if metrics_path.exists():
         typer.echo(f"{metrics_path} exists (this run is done):")
         typer.echo(metrics_path.read_text().strip())
@@ -138,6 +146,8 @@ def train_bnn(
         device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse, init=init,
         log_sigma2_init=log_sigma2_init, posterior=posterior, ensemble=ensemble, lr=lr,
         batch_size=batch_size, show_progress=show_progress, model_path=out / "model.safetensors",
+        checkpoint=checkpoint if checkpoint_every else None,
+        checkpoint_every=checkpoint_every or 1,
     )
     rec["test_examples"] = len(test)
     if rec.get("layers"):
@@ -145,6 +155,7 @@ def train_bnn(
 
         typer.echo(format_report(rec["layers"]), err=True)
     atomic_write_json(metrics_path, rec)
+    checkpoint.unlink(missing_ok=True)
     brief = {k: rec[k] for k in ("method", "n", "seed", "accuracy", "nll", "ece", "seconds")}
     typer.echo(json.dumps(brief))
 
@@ -282,7 +293,10 @@ def experiment_classification(
             recs = run_classification_seeds(m, n, group, priors=priors[m],
                                             cuda_graph=cuda_graph, **common)
         else:
-            recs = [run_classification(m, n, group[0], priors=priors[m], **common)]
+            ckpt = out / "checkpoints" / f"{m}-n{n}-s{group[0]}.pt"
+            recs = [run_classification(m, n, group[0], priors=priors[m], checkpoint=ckpt,
+                                       **common)]
+            ckpt.unlink(missing_ok=True)
         for rec in recs:
             rec.pop("layers", None)
             rec.pop("validation", None)
