@@ -111,7 +111,7 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     for k in ("accuracy", "nll", "ece", "seconds", "device"):
         assert k in rec
     assert 0.0 <= rec["accuracy"] <= 1.0 and rec["test_examples"] == 500
-    assert not (out / "checkpoint.pt").exists()  # removed once metrics.json is written
+    assert not (out / "checkpoints").exists()  # removed once metrics.json is written
     assert main(args) == 0  # rerun: done, nothing retrained
     assert main(["train-bnn", "--out", str(tmp_path / "b"), "--prior", "dwp",
                  "--data-root", str(data_root)]) == 2  # no --prior-dir
@@ -464,3 +464,38 @@ def test_checkpoint_of_another_run_is_refused(tmp_path, mnist50):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(DwpError, match="delete it"):
         train_bnn(net, x, y, steps=2, checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("kill_at", [10, 16])  # batch 10: 2nd weight-decay candidate; 16: final
+def test_killed_deterministic_run_resumes_to_the_uninterrupted_record(
+        tmp_path, data_root, monkeypatch, kill_at):
+    import dwp.bnn as bnn_mod
+    from dwp.data import load_dataset
+
+    train = load_dataset("mnist", "train", data_root)
+    test = load_dataset("mnist", "test", data_root).subset(torch.arange(300))
+    kw = {"train_data": train, "test_data": test, "steps": 6, "widths": (4, 8),
+          "weight_decay_grid": (0.0, 1e-2), "checkpoint_every": 2}
+    ref = bnn_mod.run_classification("deterministic", 20, 0, checkpoint_dir=tmp_path / "a", **kw)
+    assert not ref.get("resumed")
+
+    real_call, calls = bnn_mod._BatchSampler.__call__, {"n": 0}
+
+    def dying_call(self):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise KeyboardInterrupt
+        return real_call(self)
+
+    monkeypatch.setattr(bnn_mod._BatchSampler, "__call__", dying_call)
+    with pytest.raises(KeyboardInterrupt):
+        bnn_mod.run_classification("deterministic", 20, 0, checkpoint_dir=tmp_path / "b", **kw)
+    monkeypatch.setattr(bnn_mod._BatchSampler, "__call__", real_call)
+    left = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert left == (["wd-1.pt", "wd-scores.jsonl"] if kill_at == 10
+                    else ["train.pt", "wd-scores.jsonl"])
+    torch.manual_seed(7)  # the global RNG state must not matter
+    rec = bnn_mod.run_classification("deterministic", 20, 0, checkpoint_dir=tmp_path / "b", **kw)
+    assert rec["resumed"] is True
+    for k in ("weight_decay", "validation", "final_train_loss", "accuracy", "nll", "ece"):
+        assert rec[k] == ref[k], k

@@ -73,58 +73,72 @@ class _BatchSampler:
 CHECKPOINT_FORMAT = "dwp-train-bnn-checkpoint"
 
 
-def _save_checkpoint(
-    path: Path, *, step: int, steps: int, model: nn.Module, opt: torch.optim.Optimizer,
-    sched: Any, sampler: _BatchSampler, generator: torch.Generator, hist: dict[str, Any],
-    elapsed: float,
-) -> None:
-    """Everything a resumed run needs to continue bit for bit: parameters, Adam moments, the
-    schedule, the batch order, and the states of the CPU (and CUDA) random generators."""
-    import io
+class _TrainingCheckpoint:
+    """The whole state of a training loop in one file, for a killed run to resume bit for bit.
 
-    from dwp.runtime import atomic_write_bytes
+    Holds parameters, Adam moments, the lr schedule, the batch order and the states of the CPU
+    (and CUDA) random generators. ``path=None`` turns it off. :meth:`restore` loads the file
+    when it exists; :meth:`after_step` saves every ``every`` steps and after the last one.
+    """
 
-    state = {
-        "format": CHECKPOINT_FORMAT, "step": step, "steps": steps, "elapsed": elapsed,
-        "model": model.state_dict(), "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(), "sampler": sampler.state_dict(),
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "hist": hist,
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    def __init__(self, path: str | Path | None, every: int, *, steps: int, model: nn.Module,
+                 opt: torch.optim.Optimizer, sched: Any, sampler: _BatchSampler,
+                 generator: torch.Generator) -> None:
+        if path is not None and every < 1:
+            raise DwpError(f"checkpoint_every must be >= 1, got {every}")
+        self.path = Path(path) if path is not None else None
+        self.every, self.steps = every, steps
+        self.model, self.opt, self.sched = model, opt, sched
+        self.sampler, self.generator = sampler, generator
 
+    def restore(self) -> tuple[int, dict[str, Any] | None, float]:
+        """(next step, saved history, seconds trained so far); (0, None, 0.0) without a file."""
+        path = self.path
+        if path is None or not path.exists():
+            return 0, None, 0.0
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign file
+            raise DwpError(f"cannot read the checkpoint {path} ({exc}): delete it to start "
+                           "over") from exc
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise DwpError(f"{path} is not a training checkpoint of dwp: delete it to start over")
+        if state["steps"] != self.steps:
+            raise DwpError(f"the checkpoint {path} is of a {state['steps']}-step run, not "
+                           f"{self.steps}: use the same --steps or delete it")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise DwpError(f"the checkpoint {path} holds another model ({exc}): delete it to "
+                           "start over") from exc
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return int(state["step"]), state["hist"], float(state["elapsed"])
 
-def _load_checkpoint(
-    path: Path, *, steps: int, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-    sampler: _BatchSampler, generator: torch.Generator,
-) -> tuple[int, dict[str, Any], float]:
-    """Restore what :func:`_save_checkpoint` wrote; return (next step, history, elapsed s)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise DwpError(f"cannot read the checkpoint {path} ({exc}): delete it to start over"
-                       ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise DwpError(f"{path} is not a train-bnn checkpoint: delete it to start over")
-    if state["steps"] != steps:
-        raise DwpError(f"the checkpoint {path} is of a {state['steps']}-step run, not {steps}: "
-                       "use the same --steps or delete it")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise DwpError(f"the checkpoint {path} holds another model ({exc}): delete it to "
-                       "start over") from exc
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    sampler.load_state_dict(state["sampler"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"]), state["hist"], float(state["elapsed"])
+    def after_step(self, t: int, hist: dict[str, Any], elapsed: float) -> None:
+        """Save after step ``t`` (0-based) when it is due."""
+        if self.path is None or ((t + 1) % self.every and t + 1 != self.steps):
+            return
+        import io
+
+        from dwp.runtime import atomic_write_bytes
+
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": t + 1, "steps": self.steps, "elapsed": elapsed,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "hist": hist,
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.path, buf.getvalue())
 
 
 def train_bnn(
@@ -171,14 +185,10 @@ def train_bnn(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     sched = _linear_decay(opt, steps)
-    hist: dict[str, Any] = {"step": [], "loss": [], "nll": [], "kl": []}
-    start, elapsed = 0, 0.0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and checkpoint_every < 1:
-        raise DwpError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if ckpt is not None and ckpt.exists():
-        start, hist, elapsed = _load_checkpoint(ckpt, steps=steps, model=model, opt=opt,
-                                                sched=sched, sampler=next_batch, generator=g)
+    ckpt = _TrainingCheckpoint(checkpoint, checkpoint_every, steps=steps, model=model, opt=opt,
+                               sched=sched, sampler=next_batch, generator=g)
+    start, saved, elapsed = ckpt.restore()
+    hist: dict[str, Any] = saved or {"step": [], "loss": [], "nll": [], "kl": []}
     model.train()
     t0 = time.perf_counter()
     bar = progress(range(start, steps), desc="train-bnn", enabled=show_progress,
@@ -201,10 +211,7 @@ def train_bnn(
             hist["nll"].append(nll)
             hist["kl"].append(kl_term.item())
             bar.set_postfix(nll=f"{nll:.3f}", kl=f"{kl_term.item():.4g}")
-        if ckpt is not None and ((t + 1) % checkpoint_every == 0 or t + 1 == steps):
-            _save_checkpoint(ckpt, step=t + 1, steps=steps, model=model, opt=opt, sched=sched,
-                             sampler=next_batch, generator=g, hist=hist,
-                             elapsed=elapsed + time.perf_counter() - t0)
+        ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
     hist["steps"] = steps
     hist["seconds"] = elapsed + time.perf_counter() - t0
     hist["resumed_from"], hist["seconds_before_resume"] = start, elapsed
@@ -222,10 +229,13 @@ def train_deterministic(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
 ) -> dict[str, Any]:
     """Train an ordinary net: mean cross-entropy + L2 (Adam ``weight_decay``), lr decayed to 0.
 
-    Returns ``{"loss": final mean CE on the last batch, "steps", "seconds"}``.
+    Returns ``{"loss": final mean CE on the last batch, "steps", "seconds"}``. ``checkpoint``
+    / ``checkpoint_every``: resume file, as in :func:`train_bnn`.
     """
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
@@ -236,17 +246,25 @@ def train_deterministic(
     next_batch = _BatchSampler(n, resolve_batch_size(n, batch_size), g)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = _linear_decay(opt, steps)
+    ckpt = _TrainingCheckpoint(checkpoint, checkpoint_every, steps=steps, model=model, opt=opt,
+                               sched=sched, sampler=next_batch, generator=g)
+    start, saved, elapsed = ckpt.restore()
+    hist: dict[str, Any] = saved or {"loss": float("nan")}
     model.train()
     t0 = time.perf_counter()
-    loss = torch.zeros(())
-    for _ in progress(range(steps), desc="train-det", enabled=show_progress):
+    for t in progress(range(start, steps), desc="train-det", enabled=show_progress,
+                      initial=start, total=steps):
         idx = next_batch().to(device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
         sched.step()
-    return {"loss": loss.item(), "steps": steps, "seconds": time.perf_counter() - t0}
+        if t == steps - 1:
+            hist["loss"] = loss.item()
+        ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
+    return {"loss": hist["loss"], "steps": steps, "seconds": elapsed + time.perf_counter() - t0,
+            "resumed_from": start, "seconds_before_resume": elapsed}
 
 
 def stratified_holdout(
@@ -277,24 +295,45 @@ def choose_weight_decay(
     grid: Sequence[float] = WEIGHT_DECAY_GRID,
     val_fraction: float = 0.2,
     seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
     **train_kw: Any,
 ) -> tuple[float, list[dict[str, float]]]:
     """Pick the L2 strength from ``grid`` on a validation split of the TRAINING data.
 
     Each candidate trains ``make_model()`` on the rest of the training subset; the best validation
     accuracy wins (ties: lower validation NLL, then the smaller decay). Returns the chosen decay
-    and one ``{"weight_decay", "val_accuracy", "val_nll"}`` record per candidate.
+    and one ``{"weight_decay", "val_accuracy", "val_nll", "seconds"}`` record per candidate
+    (training seconds; with ``"earlier_process": True`` when read back from a killed run,
+    ``"seconds_before_resume"`` when its training resumed from a checkpoint).
+    ``checkpoint_dir``: scores of finished candidates (``wd-scores.jsonl``) and the resume file
+    of the one in training go there, so a killed choice resumes (every candidate starts from
+    the same seeds, so skipping finished ones changes nothing).
     """
+    from dwp.runtime import append_jsonl, read_jsonl
+
     g = torch.Generator().manual_seed(seed)
     tr, va = stratified_holdout(labels, val_fraction, g)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    done = {r["weight_decay"]: r for r in read_jsonl(folder / "wd-scores.jsonl")} if folder \
+        else {}
     scores = []
-    for wd in grid:
+    for i, wd in enumerate(grid):
+        if wd in done:
+            scores.append(done[wd])
+            continue
         torch.manual_seed(seed)
         model = make_model()
-        train_deterministic(model, images[tr], labels[tr], steps=steps, weight_decay=wd,
-                            generator=torch.Generator().manual_seed(seed), **train_kw)
+        ckpt = folder / f"wd-{i}.pt" if folder else None
+        hist = train_deterministic(model, images[tr], labels[tr], steps=steps, weight_decay=wd,
+                                   generator=torch.Generator().manual_seed(seed),
+                                   checkpoint=ckpt, **train_kw)
         m = evaluate(model, images[va], labels[va], samples=1)
-        scores.append({"weight_decay": wd, "val_accuracy": m["accuracy"], "val_nll": m["nll"]})
+        scores.append({"weight_decay": wd, "val_accuracy": m["accuracy"], "val_nll": m["nll"],
+                       "seconds": hist["seconds"]})
+        if folder is not None:
+            append_jsonl(folder / "wd-scores.jsonl", {**scores[-1], "earlier_process": True})
+            ckpt.unlink(missing_ok=True)
+        scores[-1]["seconds_before_resume"] = hist["seconds_before_resume"]
     best = min(scores, key=lambda s: (-s["val_accuracy"], s["val_nll"], s["weight_decay"]))
     return best["weight_decay"], scores
 
@@ -596,7 +635,7 @@ def run_classification(
     weight_decay_grid: Sequence[float] = WEIGHT_DECAY_GRID,
     show_progress: bool = False,
     model_path: str | Path | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 500,
 ) -> dict[str, Any]:
     """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
@@ -612,8 +651,9 @@ def run_classification(
 
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
     and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
-    ``checkpoint`` (Bayesian methods): resume file of :func:`train_bnn`, saved every
-    ``checkpoint_every`` steps; the caller deletes it once the record is stored.
+    ``checkpoint_dir``: resume files of the training (every ``checkpoint_every`` steps) and of
+    the weight-decay choice go there, so a killed run resumes where it stopped and ends as an
+    uninterrupted one; the caller deletes the folder once the record is stored.
     """
     from dwp.data import class_balanced_subset
     from dwp.runtime import seed_everything
@@ -626,17 +666,27 @@ def run_classification(
     make_model = fconv_factory(widths, in_ch, train_data.num_classes, device)
 
     t0 = time.perf_counter()
+    before = 0.0  # seconds spent by earlier, interrupted processes of this run (resumed runs)
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt = folder / "train.pt" if folder is not None else None
     rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,
                            "device": str(device), "ensemble": ensemble}
     if method == "deterministic":
         wd, scores = choose_weight_decay(make_model, x, y, steps=steps, grid=weight_decay_grid,
-                                         seed=seed, lr=lr, batch_size=batch_size)
+                                         seed=seed, lr=lr, batch_size=batch_size,
+                                         checkpoint_dir=folder,
+                                         checkpoint_every=checkpoint_every)
+        before += sum(r["seconds"] for r in scores if r.get("earlier_process"))
+        before += sum(r.get("seconds_before_resume", 0.0) for r in scores)
         g = seed_everything(seed)
         model = make_model()
         hist = train_deterministic(model, x, y, steps=steps, weight_decay=wd, lr=lr,
                                    batch_size=batch_size, generator=g,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, checkpoint=ckpt,
+                                   checkpoint_every=checkpoint_every)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=1)
+        scores = [{k: r[k] for k in ("weight_decay", "val_accuracy", "val_nll")}
+                  for r in scores]
         rec.update(weight_decay=wd, validation=scores, final_train_loss=hist["loss"],
                    ensemble=1)
     else:
@@ -645,20 +695,20 @@ def run_classification(
             log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
         hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
                          kernel_subsample=kernel_subsample, generator=g,
-                         show_progress=show_progress, checkpoint=checkpoint,
+                         show_progress=show_progress, checkpoint=ckpt,
                          checkpoint_every=checkpoint_every)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
         rec.update(settings, kernel_subsample=kernel_subsample,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])
-        if hist["resumed_from"]:  # seconds below then add the time before the interruption
-            rec["resumed_from_step"] = hist["resumed_from"]
-            t0 -= hist["seconds_before_resume"]
+    before += hist["seconds_before_resume"]
+    if before:  # ``seconds`` below counts the saved work of the interrupted processes too
+        rec["resumed"] = True
     if model_path is not None:
         save_bnn(model, model_path, method=method, widths=widths, in_channels=in_ch,
                  num_classes=train_data.num_classes)
         rec["model_path"] = str(model_path)
     rec.update(metrics)
-    rec["seconds"] = time.perf_counter() - t0
+    rec["seconds"] = time.perf_counter() - t0 + before
     return rec
 
 

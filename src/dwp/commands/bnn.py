@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import typer
@@ -80,8 +81,8 @@ def train_bnn(
     test_examples: int | None = TestExamples,
     checkpoint_every: int = typer.Option(
         500, "--checkpoint-every",
-        help="Save the training state to OUT/checkpoint.pt every N steps, so that a killed run "
-        "resumes where it stopped when rerun (0: never; deterministic runs always restart).",
+        help="Save the training state under OUT/checkpoints every N steps, so that a killed "
+        "run resumes where it stopped when rerun and ends as an uninterrupted one (0: never).",
     ),
     device: str = Device,
     data_root: Path | None = DataRoot,
@@ -136,7 +137,7 @@ def train_bnn(
 
         test = test.subset(torch.arange(min(test_examples, len(test))))
     prepare_run_dir(out, "train-bnn", config)
-    checkpoint = out / "checkpoint.pt"
+    checkpoints = out / "checkpoints"
     if metrics_path.exists():
         typer.echo(f"{metrics_path} exists (this run is done):")
         typer.echo(metrics_path.read_text().strip())
@@ -146,7 +147,7 @@ def train_bnn(
         device=dev, kernel_subsample=kernel_subsample, freeze_reverse=freeze_reverse, init=init,
         log_sigma2_init=log_sigma2_init, posterior=posterior, ensemble=ensemble, lr=lr,
         batch_size=batch_size, show_progress=show_progress, model_path=out / "model.safetensors",
-        checkpoint=checkpoint if checkpoint_every else None,
+        checkpoint_dir=checkpoints if checkpoint_every else None,
         checkpoint_every=checkpoint_every or 1,
     )
     rec["test_examples"] = len(test)
@@ -155,7 +156,7 @@ def train_bnn(
 
         typer.echo(format_report(rec["layers"]), err=True)
     atomic_write_json(metrics_path, rec)
-    checkpoint.unlink(missing_ok=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     brief = {k: rec[k] for k in ("method", "n", "seed", "accuracy", "nll", "ece", "seconds")}
     typer.echo(json.dumps(brief))
 
@@ -293,10 +294,9 @@ def experiment_classification(
             recs = run_classification_seeds(m, n, group, priors=priors[m],
                                             cuda_graph=cuda_graph, **common)
         else:
-            ckpt = out / "checkpoints" / f"{m}-n{n}-s{group[0]}.pt"
-            recs = [run_classification(m, n, group[0], priors=priors[m], checkpoint=ckpt,
+            ckpt = out / "checkpoints" / f"{m}-n{n}-s{group[0]}"
+            recs = [run_classification(m, n, group[0], priors=priors[m], checkpoint_dir=ckpt,
                                        **common)]
-            ckpt.unlink(missing_ok=True)
         for rec in recs:
             rec.pop("layers", None)
             rec.pop("validation", None)
@@ -305,6 +305,8 @@ def experiment_classification(
             if test_examples is not None:
                 rec["test_examples"] = len(test)
             append_jsonl(results, rec)
+        if len(group) == 1:
+            shutil.rmtree(out / "checkpoints" / f"{m}-n{n}-s{group[0]}", ignore_errors=True)
     rows = [r for r in read_jsonl(results) if r["method"] in method_list]
     table = summary_table(rows)
     atomic_write_text(out / "summary.md", table + "\n")
