@@ -10,7 +10,8 @@
 #
 # Runs go to runs/steps-{method}{TAG}-n{N}-t{steps}-s{seed} (TAG, default empty, tells dwp
 # runs with other prior folders apart, e.g. TAG=-fmnist); finished runs (metrics.json present)
-# are skipped, so a killed sweep resumes. Validation rows are appended to $VAL_OUT.
+# are skipped and unfinished ones resume from their last checkpoint (train-bnn writes one every
+# 500 steps), so a killed sweep resumes. Validation rows are appended to $VAL_OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
