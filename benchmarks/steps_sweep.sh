@@ -11,7 +11,9 @@
 # Runs go to runs/steps-{method}{TAG}-n{N}-t{steps}-s{seed} (TAG, default empty, tells dwp
 # runs with other prior folders apart, e.g. TAG=-fmnist); finished runs (metrics.json present)
 # are skipped and unfinished ones resume from their last checkpoint (train-bnn writes one every
-# 500 steps), so a killed sweep resumes. Validation rows are appended to $VAL_OUT.
+# 500 steps), so a killed sweep resumes. Each finished run's record (its metrics.json, via
+# benchmarks/add_runs.py) is appended to $RUNS_OUT (default mnist-n{N}-steps-cpu.jsonl) and its
+# validation row to $VAL_OUT, both in git, so that results outlive the git-ignored run folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,7 @@ PRIOR=${PRIOR:-runs/prior-cpu3aug}
 JOBS=${JOBS:-2}
 VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
 TAG=${TAG:-}
+RUNS_OUT=${RUNS_OUT:-benchmarks/results/mnist-n$N-steps-cpu.jsonl}
 
 jobs_file=$(mktemp)
 trap 'rm -f "$jobs_file"' EXIT
@@ -52,4 +55,7 @@ runs=()
 for out in "${outs[@]}"; do
   [[ -f $out/metrics.json ]] && runs+=("$out")
 done
+[[ ${#runs[@]} -gt 0 ]] || { echo "no finished runs"; exit 1; }
+"$PY" benchmarks/add_runs.py "$RUNS_OUT" "${runs[@]}" \
+  --note "CPU-2, 1 thread, $JOBS runs side by side (benchmarks/steps_sweep.sh)"
 OMP_NUM_THREADS=2 "$PY" benchmarks/bnn_validation.py "${runs[@]}" --threads 2 --out "$VAL_OUT"
