@@ -8,7 +8,13 @@ untrained ones, which cost the same). Prints one JSON line per configuration and
 ``benchmarks/results/bnn-speed.jsonl``; the projected time of a paper-length run
 (10,000 steps at N = 50) is steps/s extrapolated.
 
+``--conv-impls`` runs every configuration with each way of computing the variational
+convolutions (``BayesConv2d.set_conv_impl``: ``mixed``, the default, computes the one-channel
+first layer as im2col + matrix products; ``native`` uses ``F.conv2d`` everywhere), one after the
+other in the same invocation, so their ratio is measured under the same conditions.
+
     python benchmarks/bnn.py --threads 2 --steps 20
+    python benchmarks/bnn.py --threads 2 --steps 30 --configs 0 3 --conv-impls native mixed
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ CONFIGS = [
 ]
 
 
-def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None) -> dict:
+def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None,
+        conv_impl: str = "mixed") -> dict:
     import torch
 
     from dwp.bayes import bayesianize, elbo_loss, kl
@@ -48,7 +55,7 @@ def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None)
     else:
         priors = {"conv1": KernelVAE(7), "conv2": KernelVAE(5)}
     net = xavier_init_(FConvMNIST((32, 128))).to(dev)
-    bayesianize(net, priors, init="xavier")
+    bayesianize(net, priors, init="xavier", conv_impl=conv_impl)
     net.to(dev)
     x = torch.rand(50, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (50,), device=dev)
@@ -73,7 +80,8 @@ def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None)
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     rec = {
-        **cfg, "n": 50, "timed_steps": steps, "threads": threads, "device": str(dev),
+        **cfg, "conv_impl": conv_impl, "n": 50, "timed_steps": steps, "threads": threads,
+        "device": str(dev),
         "seconds_per_step": dt, "steps_per_s": 1 / dt,
         "projected_10000_steps_min": 10000 * dt / 60,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -93,23 +101,33 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--prior-dir", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bnn-speed.jsonl"))
+    ap.add_argument("--configs", type=int, nargs="+", default=list(range(len(CONFIGS))),
+                    help="indices into CONFIGS (default: all): "
+                    + "; ".join(f"{i}: {c}" for i, c in enumerate(CONFIGS)))
+    ap.add_argument("--conv-impls", nargs="+", default=["mixed"],
+                    choices=["mixed", "native", "unfold"],
+                    help="run every configuration with each of these (default: mixed)")
     ap.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--conv-impl", default="mixed", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only is not None:
-        rec = one(CONFIGS[args.only], args.steps, args.threads, args.device, args.prior_dir)
+        rec = one(CONFIGS[args.only], args.steps, args.threads, args.device, args.prior_dir,
+                  args.conv_impl)
         print(json.dumps(rec))
         return
     from dwp.runtime import append_jsonl
 
-    for i in range(len(CONFIGS)):
-        cmd = [sys.executable, __file__, "--only", str(i), "--steps", str(args.steps),
-               "--threads", str(args.threads), "--device", args.device]
-        if args.prior_dir:
-            cmd += ["--prior-dir", args.prior_dir]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rec = json.loads(res.stdout.strip().splitlines()[-1])
-        print(json.dumps(rec), flush=True)
-        append_jsonl(args.out, rec)
+    for i in args.configs:
+        for impl in args.conv_impls:
+            cmd = [sys.executable, __file__, "--only", str(i), "--steps", str(args.steps),
+                   "--threads", str(args.threads), "--device", args.device,
+                   "--conv-impl", impl]
+            if args.prior_dir:
+                cmd += ["--prior-dir", args.prior_dir]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rec = json.loads(res.stdout.strip().splitlines()[-1])
+            print(json.dumps(rec), flush=True)
+            append_jsonl(args.out, rec)
 
 
 if __name__ == "__main__":

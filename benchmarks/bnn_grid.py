@@ -61,6 +61,8 @@ def main() -> None:
                     help="an untimed short run of the seeds first (CUDA start-up, cuDNN and "
                     "cuBLAS set-up), so that the first timed side does not pay for it; default "
                     "20 on CUDA, 0 on CPU")
+    ap.add_argument("--conv-impl", default="mixed", choices=["mixed", "native", "unfold"],
+                    help="how the variational convolutions compute (BayesConv2d.set_conv_impl)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")
     args = ap.parse_args()
@@ -82,7 +84,8 @@ def main() -> None:
     test = test.subset(torch.arange(min(args.test_examples, len(test))))
     seeds = list(range(args.seeds))
     kw = {"train_data": train, "test_data": test, "steps": args.steps, "priors": priors,
-          "device": dev, "kernel_subsample": args.kernel_subsample, "ensemble": args.ensemble}
+          "device": dev, "kernel_subsample": args.kernel_subsample, "ensemble": args.ensemble,
+          "conv_impl": args.conv_impl}
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -118,6 +121,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
            "n": args.n, "seeds": args.seeds, "steps": args.steps,
            "kernel_subsample": args.kernel_subsample, "untrained_dwp": args.untrained_dwp,
+           "conv_impl": args.conv_impl,
            "warmup_steps": warmup,
            "test_examples": len(test), **out,
            "load_avg_1min": os.getloadavg()[0]}

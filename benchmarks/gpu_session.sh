@@ -15,7 +15,9 @@
 # Stages (run), in order of value. The H200 session (2026-11-27) and the H100 session
 # (2026-11-28) measured source nets, their kernels, profiles, VAE speed and 200-step grid cells
 # (BENCHMARKS.md "First GPU session", "Second GPU session"); the default order does what they
-# left open: 1. graph: the like-for-like CUDA-graph check (bnn_graph_check.py); 2. impl: 10 nets
+# left open: 1. graph: the like-for-like CUDA-graph check (bnn_graph_check.py); 1b. bnnconv: a
+# 10-seed dwp cell (200 steps, CUDA graph) with the BNN's conv1 as im2col (mixed) and as grouped
+# F.conv2d (native); 2. impl: 10 nets
 # x 2 epochs batched (mixed, native) and one at a time (mixed); the fastest batched
 # implementation is used from then on and its epoch time sizes the source runs; 3. src10x100:
 # issue 4's row, 10 paper-width nets x 100 epochs, and their kernel sets, when projected to fit;
@@ -25,8 +27,8 @@
 # left, more paper-width source nets (seed 2) and their kernel sets.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph grid gridfull profile priors extra; default: graph impl src10x100 src100x2
-# gridfull profile priors extra); MAX10=SECONDS caps the projected time of the 10 x 100-epoch
+# src100x2 graph bnnconv grid gridfull profile priors extra; default: graph bnnconv impl
+# src10x100 src100x2 gridfull profile priors extra); MAX10=SECONDS caps the projected time of the 10 x 100-epoch
 # row; IMPL_MODES sets the source_nets.py modes of the impl stage; PROFILE_ARGS adds arguments
 # to profile_source_step.py.
 #
@@ -185,6 +187,15 @@ stage_grid() {
       --out "$OUT/bnn_grid.jsonl"
   done
 }
+stage_bnnconv() {  # the BNN's one-channel conv1 as im2col (mixed, the default since stop 23)
+  # against grouped F.conv2d (native) under vmap: a 10-seed dwp cell, 200 steps, CUDA graph
+  local impl
+  for impl in native mixed; do
+    stage "bnn-conv-$impl" 60 "$PY" benchmarks/bnn_grid.py --method dwp --untrained-dwp \
+      --kernel-subsample 512 "${grid[@]}" --sides batched_graph --conv-impl $impl \
+      --device "$dev" --out "$OUT/bnn_grid.jsonl"
+  done
+}
 stage_gridfull() {  # measured cell times for the whole grid: N = 50 at paper length, N = 1000
   # (the costliest size) for 500 steps; CUDA-graph replay only
   stage bnn-cell-dwp-n50 200 "$PY" benchmarks/bnn_grid.py --method dwp --untrained-dwp \
@@ -217,7 +228,7 @@ stage_extra() {  # more source nets with what is left, sized from the measured t
   fi
 }
 
-for s in ${STAGES:-graph impl src10x100 src100x2 gridfull profile priors extra}; do
+for s in ${STAGES:-graph bnnconv impl src10x100 src100x2 gridfull profile priors extra}; do
   "stage_$s"
 done
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"

@@ -102,13 +102,18 @@ def _exact_kl_full(layer: BayesConv2d, prior: LinearGaussianPrior) -> float:
 
 # -- LRT moments ----------------------------------------------------------------------------
 @pytest.mark.parametrize("posterior", ["gaussian", "truncated-alpha"])
-@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("kind", ["conv", "conv-unfold", "conv-1ch", "linear"])
 def test_lrt_moments_match_weight_sampling(kind, posterior):
+    """Every convolution path (``F.conv2d``; im2col for all layers; the default im2col for a
+    one-channel layer) and the linear layer draw pre-activations with the exact moments."""
     torch.manual_seed(0)
     opts = {"log_sigma2_init": -1.0, "posterior": posterior, "alpha_logit_init": 0.5}
-    if kind == "conv":
-        layer = BayesConv2d(2, 3, (3, 2), stride=2, padding=1, **opts)
-        x = torch.randn(1, 2, 6, 5)
+    if kind.startswith("conv"):
+        c = 1 if kind == "conv-1ch" else 2
+        impl = "unfold" if kind == "conv-unfold" else "auto"
+        layer = BayesConv2d(c, 3, (3, 2), stride=2, padding=1, conv_impl=impl, **opts)
+        assert layer._unfold == (kind != "conv")
+        x = torch.randn(1, c, 6, 5)
     else:
         layer = BayesLinear(6, 4, **opts)
         x = torch.randn(1, 6)
@@ -129,14 +134,49 @@ def test_lrt_moments_match_weight_sampling(kind, posterior):
             ws = torch.stack([layer(x)[0] for _ in range(s)])  # weight samples
         with sampling(layer, "lrt"):
             lrt = layer(x.expand(s, *x.shape[1:]))  # independent LRT draws per row
+        mu, b = layer.weight_mu.detach(), layer.bias.detach()
+        if kind == "linear":
+            exact_mean, exact_var = F.linear(x, mu, b)[0], F.linear(x * x, var_w)[0]
+        else:
+            exact_mean = F.conv2d(x, mu, b, stride=2, padding=1)[0]
+            exact_var = F.conv2d(x * x, var_w, stride=2, padding=1)[0]
         with sampling(layer, "mean"):
-            exact_mean = layer(x)[0]
-        exact_var = layer._op(x * x, var_w, None)[0]
+            assert torch.allclose(layer(x)[0], exact_mean, atol=1e-5)
     for draws in (ws, lrt):
         se = (exact_var / s).sqrt()
         assert ((draws.mean(0) - exact_mean).abs() < 5 * se + 1e-6).all()
         # sample variance of a Gaussian has relative sd sqrt(2/(s-1)) ~ 1%
         assert torch.allclose(draws.var(0), exact_var, rtol=0.06, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mean", "sample", "lrt"])
+def test_conv_impls_give_the_same_outputs_and_gradients(mode):
+    """im2col and ``F.conv2d`` paths agree (float64) in value and in every parameter gradient,
+    for a one-channel layer (im2col by default) and a multi-channel one (forced). From one
+    generator state both draw the same weight sample or the same LRT noise, so switching the
+    implementation changes a training run by float rounding only."""
+    for c, impl in ((1, "mixed"), (3, "unfold")):
+        torch.manual_seed(1)
+        layer = BayesConv2d(c, 4, 3, stride=(1, 2), padding=(2, 1), dilation=(2, 1),
+                            log_sigma2_init=-3.0).double()
+        x = torch.rand(5, c, 9, 8, dtype=torch.double)
+        out, grads = {}, {}
+        for which in ("native", impl):
+            layer.set_conv_impl(which)
+            layer.zero_grad()
+            torch.manual_seed(2)  # the same weight sample / LRT noise for both paths
+            with sampling(layer, mode):
+                y = layer(x)
+            (y * torch.linspace(-1, 1, y.numel(), dtype=torch.double).view_as(y)).sum().backward()
+            out[which] = y.detach()
+            ps = (layer.weight_mu, layer.bias) + ((layer.log_sigma2,) if mode == "lrt" else ())
+            grads[which] = [p.grad.clone() for p in ps]
+        assert out[impl].shape == out["native"].shape
+        assert torch.allclose(out[impl], out["native"], atol=1e-12)
+        for a, b in zip(grads[impl], grads["native"], strict=True):
+            assert torch.allclose(a, b, atol=1e-10)
+    with pytest.raises(DwpError, match="unknown conv_impl"):
+        layer.set_conv_impl("fast")
 
 
 def test_truncated_alpha_posterior_keeps_alpha_below_one_under_log_uniform():

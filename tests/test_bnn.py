@@ -118,6 +118,9 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     bad = tmp_path / "c"
     assert main([*args[:1], "--out", str(bad), *args[3:], "--init", "prior-mean"]) == 2
     assert not bad.exists()  # sn has no decoder means: refused before anything is written
+    assert main([*args[:1], "--out", str(bad), *args[3:], "--conv-impl", "fast"]) == 2
+    assert not bad.exists()
+    assert rec["conv_impl"] == "mixed"  # recorded with the run
 
 
 def test_summary_table_and_plot(tmp_path):

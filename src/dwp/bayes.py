@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dwp.convimpl import CONV_IMPLS, col2out, conv2d_unfold, im2col
 from dwp.priors.base import KernelPrior
 from dwp.priors.loguniform import MU2_FLOOR
 from dwp.runtime import DwpError
@@ -185,10 +186,13 @@ class _BayesLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "lrt":
-            mean = self._op(x, self.weight_mu, self.bias)
-            var = self._op(x * x, self.weight_var(), None)
-            return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
+            return self._lrt(x)
         return self._op(x, self._weight_for_mode(), self.bias)
+
+    def _lrt(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self._op(x, self.weight_mu, self.bias)
+        var = self._op(x * x, self.weight_var(), None)
+        return mean + torch.sqrt(var + _VAR_EPS) * torch.randn_like(mean)
 
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -220,6 +224,7 @@ class BayesConv2d(_BayesLayer):
         freeze_reverse: bool = False,
         posterior: str = "gaussian",
         alpha_logit_init: float = -2.0,
+        conv_impl: str = "mixed",
     ) -> None:
         super().__init__()
         ref = nn.Conv2d(
@@ -234,11 +239,49 @@ class BayesConv2d(_BayesLayer):
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._setup(shape, bias, out_channels, prior, log_sigma2_init, freeze_reverse,
                     posterior, alpha_logit_init)
+        self.set_conv_impl(conv_impl)
+
+    def set_conv_impl(self, conv_impl: str) -> None:
+        """How the layer computes its convolutions (results agree up to float rounding).
+
+        ``"native"``: ``F.conv2d``; ``"unfold"``: im2col + matrix products
+        (:mod:`dwp.convimpl`) wherever the layer allows it (groups = 1, numeric zero padding);
+        ``"mixed"`` (default; ``"auto"`` means the same here, on every device): im2col only for
+        a layer with one input channel, the first layer of a grey-image net. There the LRT's
+        two convolutions share one im2col of the input and need no input gradient: on a
+        2-core CPU the layer's forward and backward take less time than oneDNN's
+        convolution, and under vmap (seeds trained at once) a one-channel convolution would
+        become a depthwise grouped one, which is slow on CUDA (see :mod:`dwp.convimpl`).
+        """
+        if conv_impl not in CONV_IMPLS:
+            raise DwpError(f"unknown conv_impl {conv_impl!r}: use one of {', '.join(CONV_IMPLS)}")
+        eligible = (self.groups == 1 and self.padding_mode == "zeros"
+                    and not isinstance(self.padding, str))
+        if conv_impl in ("auto", "mixed"):  # one-channel layers only
+            eligible = eligible and self.in_channels == 1
+        self.conv_impl = conv_impl
+        self._unfold = eligible and conv_impl != "native"
 
     def _kernel_hw(self) -> tuple[int, int]:
         return self.kernel_size
 
+    def _lrt(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._unfold:
+            return super()._lrt(x)
+        o = self.out_channels
+        cols, shape = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        w_mu = self.weight_mu.reshape(o, -1).t()
+        mean = cols @ w_mu if self.bias is None else torch.addmm(self.bias, cols, w_mu)
+        var = (cols * cols) @ self.weight_var().reshape(o, -1).t()
+        mean, var = col2out(mean, shape), col2out(var, shape)  # (B, O, H', W') views
+        # noise drawn in (B, O, H', W') order, as F.conv2d's path draws it: for one generator
+        # state both paths add the same noise to the same unit
+        eps = torch.randn_like(mean, memory_format=torch.contiguous_format)
+        return (mean + torch.sqrt(var + _VAR_EPS) * eps).contiguous()
+
     def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self._unfold:
+            return conv2d_unfold(x, w, b, self.stride, self.padding, self.dilation)
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             return F.conv2d(x, w, b, self.stride, 0, self.dilation, self.groups)
@@ -249,7 +292,7 @@ class BayesConv2d(_BayesLayer):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, prior={prior}, "
-            f"posterior={self.posterior}, mode={self.mode}"
+            f"posterior={self.posterior}, mode={self.mode}, conv_impl={self.conv_impl}"
         )
 
 
@@ -450,6 +493,7 @@ def bayesianize(
     generator: torch.Generator | None = None,
     posterior: str = "gaussian",
     alpha_logit_init: float = -2.0,
+    conv_impl: str = "mixed",
 ) -> list[dict[str, Any]]:
     """Replace ``nn.Conv2d`` layers of ``model`` (in place) by ``BayesConv2d`` with a prior each.
 
@@ -467,6 +511,8 @@ def bayesianize(
     ``posterior``: ``"gaussian"`` (free log sigma^2, from ``log_sigma2_init``) or
     ``"truncated-alpha"`` (sigma^2 = sigmoid(a) mu^2, a from ``alpha_logit_init``; see
     :class:`BayesConv2d`).
+    ``conv_impl``: how the new layers compute their convolutions (see
+    :meth:`BayesConv2d.set_conv_impl`; results agree up to float rounding).
 
     Returns one record per conv layer: ``{"layer", "kernel_size", "prior", "matched_by",
     "bayesian"}``. Raises ``DwpError`` for a mapping key that matched no layer. Variational
@@ -508,7 +554,7 @@ def bayesianize(
             conv.in_channels, conv.out_channels, ksize, conv.stride, conv.padding, conv.dilation,
             conv.groups, conv.bias is not None, conv.padding_mode, prior=None,
             log_sigma2_init=log_sigma2_init, freeze_reverse=freeze_reverse,
-            posterior=posterior, alpha_logit_init=alpha_logit_init,
+            posterior=posterior, alpha_logit_init=alpha_logit_init, conv_impl=conv_impl,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         layer.set_prior(prior)
         with torch.no_grad():
@@ -536,6 +582,15 @@ def bayesianize(
                 f"{names}"
             )
     return report
+
+
+def set_conv_impl_(model: nn.Module, conv_impl: str) -> nn.Module:
+    """Set how every :class:`BayesConv2d` of ``model`` computes its convolutions (see
+    :meth:`BayesConv2d.set_conv_impl`), in place. Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, BayesConv2d):
+            m.set_conv_impl(conv_impl)
+    return model
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -565,11 +565,13 @@ def build_bayes_model(
     log_sigma2_init: float = -10.0,
     posterior: str | None = None,
     freeze_reverse: bool = False,
+    conv_impl: str = "mixed",
 ) -> tuple[nn.Module, dict[str, Any], torch.Generator]:
     """Seed, build and bayesianize one model of a Bayesian method (as :func:`run_classification`).
 
     Returns the model (on ``device``), the settings used (``init``, ``posterior``,
-    ``log_sigma2_init``, ``freeze_reverse``, ``layers``: the per-layer report) and the CPU
+    ``log_sigma2_init``, ``freeze_reverse``, ``conv_impl`` (see
+    :meth:`dwp.bayes.BayesConv2d.set_conv_impl`), ``layers``: the per-layer report) and the CPU
     generator seeded with ``seed`` that training goes on drawing from.
     """
     from dwp.bayes import bayesianize
@@ -580,7 +582,8 @@ def build_bayes_model(
     g = seed_everything(seed)
     model = make_model()
     gen = torch.Generator(device=device).manual_seed(seed) if device.type != "cpu" else g
-    kw = {"log_sigma2_init": log_sigma2_init, "freeze_reverse": freeze_reverse, "generator": gen}
+    kw = {"log_sigma2_init": log_sigma2_init, "freeze_reverse": freeze_reverse, "generator": gen,
+          "conv_impl": conv_impl}
     layers = parse_prior_spec(method)
     if layers is None:
         init = init or default_init(method)
@@ -589,7 +592,7 @@ def build_bayes_model(
                              posterior=posterior, **kw)
         model.to(device)
         settings = {"init": init, "posterior": posterior, "log_sigma2_init": log_sigma2_init,
-                    "freeze_reverse": freeze_reverse, "layers": report}
+                    "freeze_reverse": freeze_reverse, "conv_impl": conv_impl, "layers": report}
         return model, settings, g
     # per-layer methods: each layer with its method's defaults, in the model's layer order (so
     # a spec naming one method for every layer draws the same initial weights as that method)
@@ -609,7 +612,7 @@ def build_bayes_model(
     report = [records[n] for n in order]
     model.to(device)
     settings = {"init": inits, "posterior": posteriors, "log_sigma2_init": log_sigma2_init,
-                "freeze_reverse": freeze_reverse, "layers": report}
+                "freeze_reverse": freeze_reverse, "conv_impl": conv_impl, "layers": report}
     return model, settings, g
 
 
@@ -637,6 +640,7 @@ def run_classification(
     model_path: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 500,
+    conv_impl: str = "mixed",
 ) -> dict[str, Any]:
     """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
 
@@ -647,6 +651,8 @@ def run_classification(
     code) or Xavier (default otherwise). ``posterior`` (see :func:`default_posterior`):
     ``"truncated-alpha"`` by default for log-uniform, ``"gaussian"`` otherwise.
     ``deterministic``: the weight decay is chosen on a validation split of the subset.
+    ``conv_impl``: how the variational convolutions compute (see
+    :meth:`dwp.bayes.BayesConv2d.set_conv_impl`; same results up to float rounding).
     Returns the JSON-able record of the run.
 
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
@@ -692,7 +698,8 @@ def run_classification(
     else:
         model, settings, g = build_bayes_model(
             method, seed, make_model, priors, device=device, init=init,
-            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
+            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse,
+            conv_impl=conv_impl)
         hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
                          kernel_subsample=kernel_subsample, generator=g,
                          show_progress=show_progress, checkpoint=ckpt,

@@ -243,6 +243,7 @@ def run_classification_seeds(
     widths: Sequence[int] = (32, 128),
     cuda_graph: bool = False,
     show_progress: bool = False,
+    conv_impl: str = "mixed",
 ) -> list[dict[str, Any]]:
     """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once.
 
@@ -274,7 +275,8 @@ def run_classification_seeds(
         ys.append(train_data.labels[idx])
         model, settings, _ = build_bayes_model(
             method, seed, make_model, priors, device=device, init=init,
-            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse)
+            log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse,
+            conv_impl=conv_impl)
         models.append(model)
     x, y = torch.stack(xs), torch.stack(ys)
     trained = train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,

@@ -52,6 +52,40 @@ def _out_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
+def im2col(
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The patches of a zero-padded convolution's input, one row per output position.
+
+    x (B, C, H, W) -> (cols (B * H' * W', C * kh * kw), (B, H', W')). Row order is (b, i, j),
+    column order (c, di, dj), the order of a weight (O, C, kh, kw) flattened to (O, C kh kw).
+    """
+    b, c, h, w = x.shape
+    kh, kw = kernel_size
+    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = _out_size(w, kw, stride[1], padding[1], dilation[1])
+    if padding[0] or padding[1]:
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    # strided windows: (B, C, H', W', span_h, span_w), a view; every dilation-th entry of a span
+    win = x.unfold(2, dilation[0] * (kh - 1) + 1, stride[0])
+    win = win.unfold(3, dilation[1] * (kw - 1) + 1, stride[1])
+    if dilation[0] > 1 or dilation[1] > 1:
+        win = win[..., :: dilation[0], :: dilation[1]]
+    cols = win.permute(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kh * kw)
+    return cols, (b, ho, wo)
+
+
+def col2out(out: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Rows of :func:`im2col` times a weight, (B * H' * W', O), as a (B, O, H', W') output (a
+    channels-last view, memory order B, H', W', O)."""
+    b, ho, wo = shape
+    return out.reshape(b, ho, wo, out.shape[-1]).permute(0, 3, 1, 2)
+
+
 def conv2d_unfold(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -66,21 +100,11 @@ def conv2d_unfold(
     channels-last view (memory order B, H', W', O), which pooling and pointwise layers take as
     is.
     """
-    b, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = _out_size(w, kw, stride[1], padding[1], dilation[1])
-    if padding[0] or padding[1]:
-        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    # strided windows: (B, C, H', W', span_h, span_w), a view; every dilation-th entry of a span
-    win = x.unfold(2, dilation[0] * (kh - 1) + 1, stride[0])
-    win = win.unfold(3, dilation[1] * (kw - 1) + 1, stride[1])
-    if dilation[0] > 1 or dilation[1] > 1:
-        win = win[..., :: dilation[0], :: dilation[1]]
-    cols = win.permute(0, 2, 3, 1, 4, 5).reshape(b * ho * wo, c * kh * kw)  # (B L, C k k)
-    w2 = weight.reshape(o, c * kh * kw).t()
+    o = weight.shape[0]
+    cols, shape = im2col(x, tuple(weight.shape[-2:]), stride, padding, dilation)
+    w2 = weight.reshape(o, -1).t()
     out = cols @ w2 if bias is None else torch.addmm(bias, cols, w2)  # (B L, O)
-    return out.reshape(b, ho, wo, o).permute(0, 3, 1, 2)
+    return col2out(out, shape)
 
 
 class UnfoldConv2d(nn.Conv2d):

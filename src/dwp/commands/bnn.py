@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from dwp.commands.options import DataRoot, Device, Download, Progress, as_path
+from dwp.commands.options import (
+    BnnConvImpl,
+    DataRoot,
+    Device,
+    Download,
+    Progress,
+    as_path,
+    check_bnn_conv_impl,
+)
 from dwp.runtime import DwpError
 
 TestExamples = typer.Option(
@@ -84,6 +92,7 @@ def train_bnn(
         help="Save the training state under OUT/checkpoints every N steps, so that a killed "
         "run resumes where it stopped when rerun and ends as an uninterrupted one (0: never).",
     ),
+    conv_impl: str = BnnConvImpl,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -100,6 +109,7 @@ def train_bnn(
     used = set(layer_methods.values()) if layer_methods else {method}
     if steps < 1:
         raise DwpError(f"--steps must be >= 1, got {steps}")
+    check_bnn_conv_impl(conv_impl)
     if checkpoint_every < 0:
         raise DwpError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if kernel_subsample is not None and kernel_subsample < 1:
@@ -127,6 +137,7 @@ def train_bnn(
         "log_sigma2_init": log_sigma2_init, "posterior": posterior, "ensemble": ensemble,
         "lr": lr, "batch_size": batch_size, "device": str(dev), "test_examples": test_examples,
         "data_root": str(data_root) if data_root else None, "download": download,
+        "conv_impl": conv_impl,
     }
     metrics_path = out / "metrics.json"
     priors = resolve_priors(method, as_path(prior_dir), as_path(kernels), map_location=dev)
@@ -148,7 +159,7 @@ def train_bnn(
         log_sigma2_init=log_sigma2_init, posterior=posterior, ensemble=ensemble, lr=lr,
         batch_size=batch_size, show_progress=show_progress, model_path=out / "model.safetensors",
         checkpoint_dir=checkpoints if checkpoint_every else None,
-        checkpoint_every=checkpoint_every or 1,
+        checkpoint_every=checkpoint_every or 1, conv_impl=conv_impl,
     )
     rec["test_examples"] = len(test)
     if rec.get("layers"):
@@ -219,6 +230,7 @@ def experiment_classification(
     ),
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
     test_examples: int | None = TestExamples,
+    conv_impl: str = BnnConvImpl,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -246,6 +258,7 @@ def experiment_classification(
     size_list, seed_list = _int_list(sizes, "--sizes"), _int_list(seeds, "--seeds")
     if not method_list or not size_list or not seed_list:
         raise DwpError("--methods, --sizes and --seeds must each name at least one value")
+    check_bnn_conv_impl(conv_impl)
     dev = select_device(device)
     out = as_path(out)
     config = {
@@ -256,6 +269,7 @@ def experiment_classification(
         "freeze_reverse": freeze_reverse, "ensemble": ensemble, "device": str(dev),
         "test_examples": test_examples,
         "data_root": str(data_root) if data_root else None, "download": download,
+        "conv_impl": conv_impl,
     }
     priors = {}
     for m in method_list:
@@ -286,7 +300,7 @@ def experiment_classification(
             units.append((m, n, [s]))
     common = {"train_data": train, "test_data": test, "steps": steps, "device": dev,
               "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse,
-              "ensemble": ensemble}
+              "ensemble": ensemble, "conv_impl": conv_impl}
     for m, n, group in progress(units, desc="grid", enabled=show_progress):
         if len(group) > 1:
             from dwp.bnn_batched import run_classification_seeds

@@ -19,6 +19,20 @@ Device = typer.Option(
     "auto", "--device", help="'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'."
 )
 Progress = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+BnnConvImpl = typer.Option(
+    "mixed", "--conv-impl",
+    help="How the variational convolutions compute: 'mixed' (one-input-channel layers as "
+    "im2col + matrix products, the others with F.conv2d), 'native' (F.conv2d everywhere) or "
+    "'unfold' (im2col everywhere). Same results up to float rounding.",
+)
+
+
+def check_bnn_conv_impl(conv_impl: str) -> None:
+    """Raise ``DwpError`` unless ``conv_impl`` is a value of ``--conv-impl`` (BNN commands)."""
+    from dwp.runtime import DwpError
+
+    if conv_impl not in ("mixed", "native", "unfold"):
+        raise DwpError(f"--conv-impl must be mixed, native or unfold, got {conv_impl!r}")
 
 
 def as_path(p: Path | None) -> Path | None:
