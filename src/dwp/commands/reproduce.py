@@ -115,6 +115,10 @@ def reproduce(
     for i, (name, args) in enumerate(plan, 1):
         line = "dwp " + shlex.join(args)
         typer.echo(f"[{i}/{len(plan)}] {name}: {line}", err=True)
+        if quick and name == "classification" and not dry_run:
+            typer.echo("note (--quick): the briefly trained source nets give near-noise "
+                       "kernels, so the quick VAEs may use no latent dimension and be warned "
+                       "about below; the full configuration trains real priors.", err=True)
         if dry_run:
             continue
         start = time.perf_counter()
