@@ -13,6 +13,11 @@ accuracies (which agree only in distribution: the random streams differ).
         --n 50 --seeds 10 --steps 10000 --device cuda     # one cell of the paper's grid
     python benchmarks/bnn_grid.py --method sn --n 50 --seeds 10 --steps 200 --device cuda \\
         --sides batched batched_graph                     # eager steps vs CUDA-graph replays
+    python benchmarks/bnn_grid.py --method det --n 50 --seeds 4 --steps 200 --device cpu
+
+The deterministic baseline batches ``dwp.bnn_batched.run_deterministic_seeds``: the S x 4
+weight-decay candidates in one training, then the S final nets in a second (a single run
+trains its 4 candidates and its final net one after the other).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ import os
 import platform
 import resource
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from dwp.bnn import canonical_method, resolve_priors, run_classification
-from dwp.bnn_batched import run_classification_seeds
+from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
 from dwp.data import load_dataset
 from dwp.runtime import select_device
 
@@ -94,7 +100,8 @@ def main() -> None:
     warmup = args.warmup_steps if args.warmup_steps is not None else (
         20 if dev.type == "cuda" else 0)
     if warmup > 0:
-        run_classification_seeds(method, args.n, seeds, **{**kw, "steps": warmup})
+        (run_deterministic_seeds if method == "deterministic" else partial(
+            run_classification_seeds, method))(args.n, seeds, **{**kw, "steps": warmup})
     out = {}
     for side in args.sides:
         if dev.type == "cuda":
@@ -102,8 +109,9 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         if side.startswith("batched"):
-            recs = run_classification_seeds(method, args.n, seeds, **kw,
-                                            cuda_graph=side == "batched_graph")
+            batched = run_deterministic_seeds if method == "deterministic" else partial(
+                run_classification_seeds, method)
+            recs = batched(args.n, seeds, **kw, cuda_graph=side == "batched_graph")
         else:
             recs = [run_classification(method, args.n, s, **kw) for s in seeds]
         sync()

@@ -15,22 +15,28 @@
 # Stages (run), in order of value. The H200 session (2026-11-27) and the H100 session
 # (2026-11-28) measured source nets, their kernels, profiles, VAE speed and 200-step grid cells
 # (BENCHMARKS.md "First GPU session", "Second GPU session"); the default order does what they
-# left open: 1. graph: the like-for-like CUDA-graph check (bnn_graph_check.py); 1b. bnnconv: a
-# 10-seed dwp cell (200 steps, CUDA graph) with the BNN's conv1 as im2col (mixed) and as grouped
-# F.conv2d (native); 2. impl: 10 nets
-# x 2 epochs batched (mixed, native) and one at a time (mixed); the fastest batched
-# implementation is used from then on and its epoch time sizes the source runs; 3. src10x100:
-# issue 4's row, 10 paper-width nets x 100 epochs, and their kernel sets, when projected to fit;
-# 4. src100x2: 100 nets x 2 epochs; 5. gridfull: a 10-seed dwp cell at paper length (N = 50,
-# 10,000 steps) and N = 1000 cells (dwp, sn; 500 steps), CUDA-graph replay, the measured basis
-# for the whole grid's time; 6. profile; 7. priors (VAE training speed); 8. extra: with the time
-# left, more paper-width source nets (seed 2) and their kernel sets.
+# left open:
+#  1. graph: the like-for-like CUDA-graph check (bnn_graph_check.py);
+#  2. impl: 10 nets x 2 epochs batched (mixed, native) and one at a time (mixed); the fastest
+#     batched implementation is used from then on and its epoch time sizes the source runs;
+#  3. src10x100: issue 4's row, 10 paper-width nets x 100 epochs, and their kernel sets, when
+#     projected to fit;
+#  4. bnnconv: a 10-seed dwp cell (200 steps, CUDA graph) with the BNN's one-channel conv1 as
+#     im2col (mixed, the default since stop 23) and as grouped F.conv2d (native);
+#  5. detgrid: the deterministic baseline's 10 seeds x 4 weight decays trained together (since
+#     stop 23) vs its single runs (200 steps);
+#  6. src100x2: 100 nets x 2 epochs;
+#  7. gridfull: 10-seed dwp and deterministic cells at paper length (N = 50, 10,000 steps) and
+#     N = 1000 cells (dwp, sn, det; 500 steps), CUDA-graph replay: the measured basis for the
+#     whole grid's time;
+#  8. profile; 9. priors (VAE training speed); 10. extra: with the time left, more paper-width
+#     source nets (seed 2) and their kernel sets.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph bnnconv grid gridfull profile priors extra; default: graph bnnconv impl
-# src10x100 src100x2 gridfull profile priors extra); MAX10=SECONDS caps the projected time of the 10 x 100-epoch
-# row; IMPL_MODES sets the source_nets.py modes of the impl stage; PROFILE_ARGS adds arguments
-# to profile_source_step.py.
+# src100x2 graph bnnconv detgrid grid gridfull profile priors extra; default: graph impl
+# src10x100 bnnconv detgrid src100x2 gridfull profile priors extra); MAX10=SECONDS caps the
+# projected time of the 10 x 100-epoch row; IMPL_MODES sets the source_nets.py modes of the
+# impl stage; PROFILE_ARGS adds arguments to profile_source_step.py.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
@@ -196,13 +202,20 @@ stage_bnnconv() {  # the BNN's one-channel conv1 as im2col (mixed, the default s
       --device "$dev" --out "$OUT/bnn_grid.jsonl"
   done
 }
+stage_detgrid() {  # the deterministic baseline's seeds x weight decays trained together (since
+  # stop 23) against its single runs (4 candidates + the final net, one after the other)
+  stage bnn-grid-det "${limits[2]}" "$PY" benchmarks/bnn_grid.py --method det "${grid[@]}" \
+    --sides batched_graph one_at_a_time --device "$dev" --out "$OUT/bnn_grid.jsonl"
+}
 stage_gridfull() {  # measured cell times for the whole grid: N = 50 at paper length, N = 1000
   # (the costliest size) for 500 steps; CUDA-graph replay only
   stage bnn-cell-dwp-n50 200 "$PY" benchmarks/bnn_grid.py --method dwp --untrained-dwp \
     --kernel-subsample 512 "${cell50[@]}" --sides batched_graph --device "$dev" \
     --out "$OUT/bnn_grid.jsonl"
+  stage bnn-cell-det-n50 120 "$PY" benchmarks/bnn_grid.py --method det "${cell50[@]}" \
+    --sides batched_graph --device "$dev" --out "$OUT/bnn_grid.jsonl"
   local method extra_grid
-  for method in dwp sn; do
+  for method in dwp sn det; do
     extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
     stage "bnn-cell-$method-n1000" 60 "$PY" benchmarks/bnn_grid.py --method $method \
       "${extra_grid[@]}" "${cell1000[@]}" --sides batched_graph --device "$dev" \
@@ -228,7 +241,7 @@ stage_extra() {  # more source nets with what is left, sized from the measured t
   fi
 }
 
-for s in ${STAGES:-graph bnnconv impl src10x100 src100x2 gridfull profile priors extra}; do
+for s in ${STAGES:-graph impl src10x100 bnnconv detgrid src100x2 gridfull profile priors extra}; do
   "stage_$s"
 done
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"

@@ -252,12 +252,16 @@ def test_experiment_classification_batches_seeds(tmp_path, data_root):
     base = ["experiment", "classification", "--out", str(tmp_path), "--sizes", "20",
             "--steps", "3", "--ensemble", "2", "--test-examples", "100", "--device", "cpu",
             "--data-root", str(data_root), "--no-progress"]
-    assert main([*base, "--methods", "sn,lu", "--seeds", "0-2", "--batch-seeds",
+    assert main([*base, "--methods", "sn,lu,det", "--seeds", "0-2", "--batch-seeds",
                  "--cuda-graph"]) == 0  # no CUDA here: the flag falls back to eager steps
     rows = read_jsonl(tmp_path / "results.jsonl")
     assert all(r["cuda_graph"] is False for r in rows)
     assert sorted((r["method"], r["seed"]) for r in rows) == [
-        (m, s) for m in ("log-uniform", "standard-normal") for s in range(3)]
+        (m, s) for m in ("deterministic", "log-uniform", "standard-normal") for s in range(3)]
+    det = [r for r in rows if r["method"] == "deterministic"]
+    assert all(r["batched"] == 12 and r["weight_decay"] in (0.0, 1e-4, 1e-3, 1e-2)
+               for r in det)  # 3 seeds x 4 decays trained together, then the 3 final nets
+    rows = [r for r in rows if r["method"] != "deterministic"]
     assert all(r["batched"] == 3 for r in rows)
     lu = [r for r in rows if r["method"] == "log-uniform"]
     assert all(r["posterior"] == "truncated-alpha" for r in lu)

@@ -10,8 +10,12 @@ import torch
 from torch import nn
 
 from dwp.bayes import BayesConv2d, BayesLinear, sampling
-from dwp.bnn import train_bnn
-from dwp.bnn_batched import train_bnn_batched
+from dwp.bnn import train_bnn, train_deterministic
+from dwp.bnn_batched import (
+    run_deterministic_seeds,
+    train_bnn_batched,
+    train_deterministic_batched,
+)
 from dwp.priors.gaussian import StandardNormal
 from dwp.runtime import DwpError
 
@@ -96,3 +100,60 @@ def test_non_finite_loss_is_reported():
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(DwpError, match="non-finite"):
         train_bnn_batched([_net(0)], x, y, steps=3, lr=1e-2)
+
+
+def _plain_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.LeakyReLU(0.01), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(27, 3))
+
+
+def test_deterministic_batched_equals_alone_with_its_own_weight_decay():
+    torch.manual_seed(0)
+    m, n = 3, 12
+    x, y = torch.randn(m, n, 1, 8, 8), torch.randint(0, 3, (m, n))
+    decays = [0.0, 1e-1, 1.0]
+    alone = [_plain_net(0) for _ in range(m)]  # same start: only the decay differs
+    together = [copy.deepcopy(a) for a in alone]
+    for i, net in enumerate(alone):
+        train_deterministic(net, x[i], y[i], steps=15, weight_decay=decays[i], lr=3e-2)
+    out = train_deterministic_batched(together, x, y, steps=15, weight_decay=decays, lr=3e-2)
+    assert len(out["loss"]) == m and all(math.isfinite(v) for v in out["loss"])
+    w = [a[0].weight for a in alone]
+    assert (w[0] - w[2]).abs().max() > 1e-3  # the decay made a difference...
+    for a, b in zip(alone, together, strict=True):  # ...and each batched net got its own
+        for (ka, pa), (kb, pb) in zip(a.state_dict().items(), b.state_dict().items(),
+                                      strict=True):
+            assert ka == kb
+            assert torch.allclose(pa, pb, atol=2e-5, rtol=1e-4), ka
+    with pytest.raises(DwpError, match="one value per model"):
+        train_deterministic_batched(together, x, y, steps=1, weight_decay=[0.0])
+    with pytest.raises(DwpError, match="ordinary nets"):
+        train_deterministic_batched([_net(0)], x[0], y[0], steps=1, weight_decay=[0.0])
+
+
+def test_deterministic_seeds_together_match_single_runs(data_root):
+    """The whole baseline (weight decay chosen on a split of the N images, then the final net)
+    for two seeds at once gives the single runs' choices and results."""
+    from dwp.bnn import run_classification
+    from dwp.data import load_dataset
+
+    train = load_dataset("mnist", "train", data_root)
+    test = load_dataset("mnist", "test", data_root)
+    test = test.subset(torch.arange(300))
+    kw = {"train_data": train, "test_data": test, "steps": 40, "widths": (4, 8),
+          "weight_decay_grid": (0.0, 1e-2, 3.0)}
+    together = run_deterministic_seeds(30, [0, 1], **kw)
+    for rec in together:
+        single = run_classification("deterministic", 30, rec["seed"], **kw)
+        assert rec["weight_decay"] == single["weight_decay"]
+        for a, b in zip(rec["validation"], single["validation"], strict=True):
+            assert a["weight_decay"] == b["weight_decay"]
+            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-9)
+            assert a["val_nll"] == pytest.approx(b["val_nll"], rel=1e-3)
+        assert rec["accuracy"] == pytest.approx(single["accuracy"], abs=2 / 300)
+        assert rec["nll"] == pytest.approx(single["nll"], rel=1e-3)
+        assert rec["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-3)
+        assert rec["batched"] == 6 and rec["method"] == "deterministic"
+    assert {r["weight_decay"] for r in together} != {3.0}  # a choice, not the largest decay
+

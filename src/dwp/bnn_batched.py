@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -41,6 +42,19 @@ from dwp.runtime import DwpError, progress
 CHECK_EVERY = 100
 #: Eager steps before a CUDA graph is recorded (they initialise Adam's state and the libraries).
 GRAPH_WARMUP = 3
+
+
+class _MeanCrossEntropy(nn.Module):
+    """Wraps an ordinary model so that one ``functional_call`` gives its mean cross-entropy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        return F.cross_entropy(self.model(x), y)
 
 
 class _NegElbo(nn.Module):
@@ -85,11 +99,76 @@ def train_bnn_batched(
     ``{"loss": (M,) final losses, "steps", "seconds", "cuda_graph": whether graphs ran}``,
     plus ``"history"``: (steps, M) losses of every step when ``record_losses``.
     """
-    m = len(models)
-    if m == 0:
+    if not models:
         raise DwpError("train_bnn_batched needs at least one model")
     if not bayes_layers(models[0]):
         raise DwpError("the models have no variational layers: use dwp.bayes.bayesianize first")
+    n = images.shape[0] if images.ndim == 4 else images.shape[1]
+    return _train_stacked(
+        [_NegElbo(mod, n) for mod in models], images, labels, steps=steps, lr=lr,
+        batch_size=batch_size, kernel_subsample=kernel_subsample, generator=generator,
+        randomness=randomness, cuda_graph=cuda_graph, capturable_adam=capturable_adam,
+        record_losses=record_losses, show_progress=show_progress, desc=f"train-bnn x{len(models)}")
+
+
+def train_deterministic_batched(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    weight_decay: Sequence[float],
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+    cuda_graph: bool = False,
+    record_losses: bool = False,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`dwp.bnn.train_deterministic` for M ordinary nets at once, each with its own L2.
+
+    ``images`` / ``labels`` as in :func:`train_bnn_batched`; ``weight_decay`` (M,): each net's
+    Adam weight decay (the coupled L2 of ``torch.optim.Adam(weight_decay=...)``, applied, as
+    there, to every parameter: grad + decay * param before the Adam update). Full batch for
+    N <= 1000: the nets then end as the same nets trained one by one, up to float rounding
+    (``tests/test_bnn_batched.py``). Returns what :func:`train_bnn_batched` returns (``"loss"``:
+    the final mean cross-entropies).
+    """
+    if len(weight_decay) != len(models):
+        raise DwpError(f"weight_decay needs one value per model ({len(models)}), got "
+                       f"{len(weight_decay)}")
+    if any(bayes_layers(mod) for mod in models):
+        raise DwpError("train_deterministic_batched trains ordinary nets: use "
+                       "train_bnn_batched for variational ones")
+    return _train_stacked(
+        [_MeanCrossEntropy(mod) for mod in models], images, labels, steps=steps, lr=lr,
+        batch_size=batch_size, generator=generator, cuda_graph=cuda_graph,
+        record_losses=record_losses, show_progress=show_progress, weight_decay=weight_decay,
+        desc=f"train-det x{len(models)}")
+
+
+def _train_stacked(
+    wrappers: Sequence[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None,
+    generator: torch.Generator | None,
+    cuda_graph: bool,
+    record_losses: bool,
+    show_progress: bool,
+    desc: str,
+    kernel_subsample: int | None = None,
+    randomness: str = "different",
+    capturable_adam: bool | None = None,
+    weight_decay: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The loop shared by the batched trainers: ``wrappers[i](x, y, indices)`` is net i's loss
+    (each wraps its model as ``.model``); the stacked parameters are written back at the end."""
+    m = len(wrappers)
+    models = [w.model for w in wrappers]
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
     device = next(models[0].parameters()).device
@@ -102,7 +181,6 @@ def train_bnn_batched(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     use_graph = cuda_graph and device.type == "cuda" and bs >= n and steps > GRAPH_WARMUP
 
-    wrappers = [_NegElbo(mod, n) for mod in models]
     params, buffers = stack_module_state(wrappers)
     trainable = {k: v for k, v in params.items() if v.requires_grad}
     frozen = {k: v.detach() for k, v in params.items() if not v.requires_grad}
@@ -152,10 +230,17 @@ def train_bnn_batched(
             models[0], kernel_subsample, device=device)
         return update(x, y, ind)
 
+    decay = None if weight_decay is None else torch.tensor(
+        [float(d) for d in weight_decay], device=device)
+
     def update(xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
         """Forward, backward and one Adam step; the per-net losses (M,)."""
         per_net = f({**trainable, **frozen}, buffers, xb, yb, ind)
         per_net.sum().backward()
+        if decay is not None:  # Adam's coupled L2, one strength per net
+            with torch.no_grad():
+                for p in trainable.values():
+                    p.grad.add_(p * decay.view(-1, *([1] * (p.ndim - 1))))
         opt.step()
         return per_net.detach()
 
@@ -168,7 +253,7 @@ def train_bnn_batched(
     side = torch.cuda.Stream(device) if use_graph else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(device))
-    for t in progress(range(steps), desc=f"train-bnn x{m}", enabled=show_progress):
+    for t in progress(range(steps), desc=desc, enabled=show_progress):
         if side is not None and t == GRAPH_WARMUP:
             torch.cuda.current_stream(device).wait_stream(side)
             side = None
@@ -298,6 +383,103 @@ def run_classification_seeds(
         rec.update(metrics)
         records.append(rec)
     seconds = (time.perf_counter() - t0) / len(models)
+    for rec in records:
+        rec["seconds"] = seconds
+    return records
+
+
+def run_deterministic_seeds(
+    n: int,
+    seeds: Sequence[int],
+    *,
+    train_data: Any,
+    test_data: Any,
+    steps: int,
+    device: torch.device | str = "cpu",
+    weight_decay_grid: Sequence[float] | None = None,
+    lr: float = 1e-3,
+    batch_size: int | None = None,
+    widths: Sequence[int] = (32, 128),
+    cuda_graph: bool = False,
+    show_progress: bool = False,
+    **_ignored: Any,
+) -> list[dict[str, Any]]:
+    """The deterministic baseline of :func:`dwp.bnn.run_classification` for every seed, at once.
+
+    A single run trains one net per weight decay of the grid on 80% of its N images, keeps the
+    decay with the best accuracy on the other 20% (:func:`dwp.bnn.choose_weight_decay`), then
+    trains the final net on all N. Here the S x G candidate nets train together in one batched
+    computation, then the S final nets in a second: two trainings instead of S (G + 1), each
+    net seeded and fed exactly as in its single run, so the records match single runs up to
+    float rounding. Returns one record per seed with the fields of a single run plus
+    ``batched`` (nets per training) and ``cuda_graph``; ``seconds`` is the wall time / S.
+    Keyword arguments of the Bayesian methods (priors, kernel_subsample, ...) are ignored.
+    """
+    from dwp.bnn import WEIGHT_DECAY_GRID, evaluate, fconv_factory, stratified_holdout
+    from dwp.data import class_balanced_subset
+    from dwp.runtime import seed_everything
+
+    grid = list(WEIGHT_DECAY_GRID if weight_decay_grid is None else weight_decay_grid)
+    if not seeds:
+        raise DwpError("run_deterministic_seeds needs at least one seed")
+    if not grid:
+        raise DwpError("the weight-decay grid is empty")
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    make_model = fconv_factory(widths, train_data.images.shape[1], train_data.num_classes,
+                               device)
+    data, splits = [], []
+    for seed in seeds:
+        idx = class_balanced_subset(train_data.labels, n, seed)
+        x, y = train_data.images[idx], train_data.labels[idx]
+        data.append((x, y))
+        splits.append(stratified_holdout(y, 0.2, torch.Generator().manual_seed(seed)))
+    if len({len(tr) for tr, _ in splits}) != 1:
+        raise DwpError("the seeds' validation splits differ in size (unbalanced classes): "
+                       "train the deterministic baseline one seed at a time")
+    # 1. every (seed, decay) candidate on its seed's 80%
+    cands, cx, cy, decays = [], [], [], []
+    for (x, y), (tr, _), seed in zip(data, splits, seeds, strict=True):
+        for wd in grid:
+            torch.manual_seed(seed)
+            cands.append(make_model())
+            cx.append(x[tr])
+            cy.append(y[tr])
+            decays.append(wd)
+    first = train_deterministic_batched(
+        cands, torch.stack(cx), torch.stack(cy), steps=steps, weight_decay=decays, lr=lr,
+        batch_size=batch_size, generator=torch.Generator().manual_seed(int(seeds[0])),
+        cuda_graph=cuda_graph, show_progress=show_progress)
+    chosen, validation = [], []
+    for i, ((x, y), (_, va)) in enumerate(zip(data, splits, strict=True)):
+        scores = []
+        for j, wd in enumerate(grid):
+            mv = evaluate(cands[i * len(grid) + j], x[va], y[va], samples=1)
+            scores.append({"weight_decay": wd, "val_accuracy": mv["accuracy"],
+                           "val_nll": mv["nll"]})
+        best = min(scores, key=lambda r: (-r["val_accuracy"], r["val_nll"], r["weight_decay"]))
+        chosen.append(best["weight_decay"])
+        validation.append(scores)
+    # 2. the final nets on all N images, with the chosen decays
+    finals = []
+    for seed in seeds:
+        seed_everything(seed)
+        finals.append(make_model())
+    second = train_deterministic_batched(
+        finals, torch.stack([x for x, _ in data]), torch.stack([y for _, y in data]),
+        steps=steps, weight_decay=chosen, lr=lr, batch_size=batch_size,
+        generator=torch.Generator().manual_seed(int(seeds[0])), cuda_graph=cuda_graph,
+        show_progress=show_progress)
+    records = []
+    for i, (seed, model) in enumerate(zip(seeds, finals, strict=True)):
+        rec: dict[str, Any] = {"method": "deterministic", "n": n, "seed": seed, "steps": steps,
+                               "device": str(device), "ensemble": 1,
+                               "weight_decay": chosen[i], "validation": validation[i],
+                               "final_train_loss": second["loss"][i], "batched": len(cands),
+                               "cuda_graph": bool(first["cuda_graph"] and second["cuda_graph"])}
+        rec.update(evaluate(model, test_data.images, test_data.labels, samples=1))
+        records.append(rec)
+    seconds = (time.perf_counter() - t0) / len(seeds)
     for rec in records:
         rec["seconds"] = seconds
     return records

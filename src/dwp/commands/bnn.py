@@ -220,8 +220,9 @@ def experiment_classification(
     batch_seeds: bool | None = typer.Option(
         None, "--batch-seeds/--one-at-a-time",
         help="Train all missing seeds of a (method, N) cell at once in one vmapped computation "
-        "(Bayesian methods; a killed cell reruns whole), or each run alone. Default: batched "
-        "on CUDA, one at a time on CPU (where vmapped convolutions are slower: BENCHMARKS.md).",
+        "(the deterministic baseline: all seeds x weight decays, then the final nets; a killed "
+        "cell reruns whole), or each run alone. Default: batched on CUDA, one at a time on CPU "
+        "(where vmapped convolutions are slower: BENCHMARKS.md).",
     ),
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph/--no-cuda-graph",
@@ -294,7 +295,7 @@ def experiment_classification(
         batch_seeds = dev.type == "cuda"
     units: list[tuple[str, int, list[int]]] = []
     for m, n, s in todo:
-        if batch_seeds and m != "deterministic" and units and units[-1][:2] == (m, n):
+        if batch_seeds and units and units[-1][:2] == (m, n):
             units[-1][2].append(s)
         else:
             units.append((m, n, [s]))
@@ -303,10 +304,13 @@ def experiment_classification(
               "ensemble": ensemble, "conv_impl": conv_impl}
     for m, n, group in progress(units, desc="grid", enabled=show_progress):
         if len(group) > 1:
-            from dwp.bnn_batched import run_classification_seeds
+            from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
 
-            recs = run_classification_seeds(m, n, group, priors=priors[m],
-                                            cuda_graph=cuda_graph, **common)
+            if m == "deterministic":
+                recs = run_deterministic_seeds(n, group, cuda_graph=cuda_graph, **common)
+            else:
+                recs = run_classification_seeds(m, n, group, priors=priors[m],
+                                                cuda_graph=cuda_graph, **common)
         else:
             ckpt = out / "checkpoints" / f"{m}-n{n}-s{group[0]}"
             recs = [run_classification(m, n, group[0], priors=priors[m], checkpoint_dir=ckpt,
