@@ -205,7 +205,9 @@ class BayesConv2d(_BayesLayer):
     """A 2-D convolution with q(w) = N(mu, sigma^2) over its (out, in/groups, kh, kw) weights.
 
     Input (B, in, H, W) -> output (B, out, H', W'), like ``nn.Conv2d`` with the same arguments
-    (``padding_mode`` other than ``"zeros"`` included).
+    (``padding_mode`` other than ``"zeros"`` included). ``conv_impl`` chooses how the
+    convolutions compute (:meth:`set_conv_impl`); every choice gives the same results up to
+    float rounding.
     """
 
     def __init__(
