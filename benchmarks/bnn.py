@@ -95,6 +95,8 @@ def one(cfg: dict, steps: int, threads: int, device: str, prior_dir: str | None,
 
 
 def main() -> None:
+    from dwp.bayes import BNN_CONV_IMPLS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -105,7 +107,7 @@ def main() -> None:
                     help="indices into CONFIGS (default: all): "
                     + "; ".join(f"{i}: {c}" for i, c in enumerate(CONFIGS)))
     ap.add_argument("--conv-impls", nargs="+", default=["mixed"],
-                    choices=["mixed", "native", "unfold"],
+                    choices=BNN_CONV_IMPLS,
                     help="run every configuration with each of these (default: mixed)")
     ap.add_argument("--only", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--conv-impl", default="mixed", help=argparse.SUPPRESS)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from dwp.bayes import BNN_CONV_IMPLS
 from dwp.bnn import canonical_method, resolve_priors, run_classification
 from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
 from dwp.data import load_dataset
@@ -67,7 +68,7 @@ def main() -> None:
                     help="an untimed short run of the seeds first (CUDA start-up, cuDNN and "
                     "cuBLAS set-up), so that the first timed side does not pay for it; default "
                     "20 on CUDA, 0 on CPU")
-    ap.add_argument("--conv-impl", default="mixed", choices=["mixed", "native", "unfold"],
+    ap.add_argument("--conv-impl", default="mixed", choices=BNN_CONV_IMPLS,
                     help="how the variational convolutions compute (BayesConv2d.set_conv_impl)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")

@@ -33,6 +33,8 @@ from dwp.priors.loguniform import MU2_FLOOR
 from dwp.runtime import DwpError
 
 MODES = ("lrt", "sample", "fixed", "mean")
+#: Values of ``--conv-impl`` for variational layers (see :meth:`BayesConv2d.set_conv_impl`).
+BNN_CONV_IMPLS = ("mixed", "native", "unfold")
 INITS = ("xavier", "prior", "prior-mean", "copy")
 #: How q(w) = N(mu, sigma^2) is parameterised (see :class:`_BayesLayer`).
 POSTERIORS = ("gaussian", "truncated-alpha")

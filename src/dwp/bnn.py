@@ -334,8 +334,14 @@ def choose_weight_decay(
             append_jsonl(folder / "wd-scores.jsonl", {**scores[-1], "earlier_process": True})
             ckpt.unlink(missing_ok=True)
         scores[-1]["seconds_before_resume"] = hist["seconds_before_resume"]
+    return best_weight_decay(scores), scores
+
+
+def best_weight_decay(scores: Sequence[dict[str, float]]) -> float:
+    """The decay of the best candidate: highest ``val_accuracy``, ties broken by lower
+    ``val_nll``, then by the smaller ``weight_decay``."""
     best = min(scores, key=lambda s: (-s["val_accuracy"], s["val_nll"], s["weight_decay"]))
-    return best["weight_decay"], scores
+    return best["weight_decay"]
 
 
 def evaluate(

@@ -402,7 +402,11 @@ def run_deterministic_seeds(
     widths: Sequence[int] = (32, 128),
     cuda_graph: bool = False,
     show_progress: bool = False,
-    **_ignored: Any,
+    priors: Any = None,
+    kernel_subsample: int | None = None,
+    freeze_reverse: bool = False,
+    ensemble: int = 1,
+    conv_impl: str = "mixed",
 ) -> list[dict[str, Any]]:
     """The deterministic baseline of :func:`dwp.bnn.run_classification` for every seed, at once.
 
@@ -413,9 +417,18 @@ def run_deterministic_seeds(
     net seeded and fed exactly as in its single run, so the records match single runs up to
     float rounding. Returns one record per seed with the fields of a single run plus
     ``batched`` (nets per training) and ``cuda_graph``; ``seconds`` is the wall time / S.
-    Keyword arguments of the Bayesian methods (priors, kernel_subsample, ...) are ignored.
+    ``priors``, ``kernel_subsample``, ``freeze_reverse``, ``ensemble`` and ``conv_impl`` belong
+    to the Bayesian methods; they are accepted, so that one set of grid arguments serves every
+    method, and ignored (a deterministic net is evaluated once, as in its single run).
     """
-    from dwp.bnn import WEIGHT_DECAY_GRID, evaluate, fconv_factory, stratified_holdout
+    del priors, kernel_subsample, freeze_reverse, ensemble, conv_impl
+    from dwp.bnn import (
+        WEIGHT_DECAY_GRID,
+        best_weight_decay,
+        evaluate,
+        fconv_factory,
+        stratified_holdout,
+    )
     from dwp.data import class_balanced_subset
     from dwp.runtime import seed_everything
 
@@ -457,8 +470,7 @@ def run_deterministic_seeds(
             mv = evaluate(cands[i * len(grid) + j], x[va], y[va], samples=1)
             scores.append({"weight_decay": wd, "val_accuracy": mv["accuracy"],
                            "val_nll": mv["nll"]})
-        best = min(scores, key=lambda r: (-r["val_accuracy"], r["val_nll"], r["weight_decay"]))
-        chosen.append(best["weight_decay"])
+        chosen.append(best_weight_decay(scores))
         validation.append(scores)
     # 2. the final nets on all N images, with the chosen decays
     finals = []

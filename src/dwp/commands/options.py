@@ -29,10 +29,12 @@ BnnConvImpl = typer.Option(
 
 def check_bnn_conv_impl(conv_impl: str) -> None:
     """Raise ``DwpError`` unless ``conv_impl`` is a value of ``--conv-impl`` (BNN commands)."""
+    from dwp.bayes import BNN_CONV_IMPLS
     from dwp.runtime import DwpError
 
-    if conv_impl not in ("mixed", "native", "unfold"):
-        raise DwpError(f"--conv-impl must be mixed, native or unfold, got {conv_impl!r}")
+    if conv_impl not in BNN_CONV_IMPLS:
+        raise DwpError(f"--conv-impl must be one of {', '.join(BNN_CONV_IMPLS)}, got "
+                       f"{conv_impl!r}")
 
 
 def as_path(p: Path | None) -> Path | None:
