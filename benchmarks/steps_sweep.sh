@@ -8,6 +8,7 @@
 #   PRIOR=runs/prior-cpu3aug N=50 SEEDS="0 1 2 3 4" STEPS="100 250 500 1000 2000" \
 #       METHODS="dwp sn lu" bash benchmarks/steps_sweep.sh
 #
+# METHODS=mvn (the fitted Gaussian) fits its priors on KERNELS=kernel-set folder.
 # Runs go to runs/steps-{method}{TAG}-n{N}-t{steps}-s{seed} (TAG, default empty, tells dwp
 # runs with other prior folders apart, e.g. TAG=-fmnist); finished runs (metrics.json present)
 # are skipped and unfinished ones resume from their last checkpoint (train-bnn writes one every
@@ -41,6 +42,8 @@ for steps in $STEPS; do
       extra=""
       if [[ $method == dwp ]]; then
         extra="--prior-dir $PRIOR --freeze-reverse --kernel-subsample 128"
+      elif [[ $method == mvn ]]; then
+        extra="--kernels ${KERNELS:?METHODS=mvn needs KERNELS=kernel-set folder}"
       fi
       echo "OMP_NUM_THREADS=1 $DWP train-bnn --prior $method $extra --n $N --seed $seed \
 --steps $steps --device cpu --no-progress --out $out > $out.log 2>&1 || echo FAILED $out" >> "$jobs_file"

@@ -120,6 +120,10 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     assert not bad.exists()  # sn has no decoder means: refused before anything is written
     assert main([*args[:1], "--out", str(bad), *args[3:], "--conv-impl", "fast"]) == 2
     assert not bad.exists()
+    n_at = args.index("--n") + 1
+    for n in ("25", "0", "70000"):  # not a multiple of 10 classes / too many per class
+        assert main([*args[:1], "--out", str(bad), *args[3:n_at], n, *args[n_at + 1:]]) == 2
+        assert not bad.exists()
     assert rec["conv_impl"] == "mixed"  # recorded with the run
 
 
@@ -150,6 +154,11 @@ def test_experiment_classification_resumes(tmp_path, data_root):
     assert all(r["note"] == "test" and r["test_examples"] == 100 for r in rows)
     assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()
     assert not list((tmp_path / "checkpoints").glob("*"))  # each run's resume file removed
+    fresh = [*base[:2], "--out", str(tmp_path / "new"), *base[4:]]
+    sizes_at = fresh.index("--sizes") + 1
+    fresh[sizes_at] = "20,25"  # 25 is no multiple of the 10 classes
+    assert main([*fresh, "--methods", "sn", "--seeds", "0"]) == 2
+    assert not (tmp_path / "new").exists()  # refused before the folder is made
 
 
 @pytest.mark.parametrize(("freeze", "init"), [(False, None), (True, "prior-mean")])

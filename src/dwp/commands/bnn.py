@@ -101,7 +101,7 @@ def train_bnn(
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
     from dwp.bnn import canonical_spec, parse_prior_spec, resolve_priors, run_classification
-    from dwp.data import load_dataset
+    from dwp.data import class_balanced_subset, load_dataset
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
     method = canonical_spec(prior)
@@ -147,6 +147,7 @@ def train_bnn(
         import torch
 
         test = test.subset(torch.arange(min(test_examples, len(test))))
+    class_balanced_subset(train.labels, n, seed)  # a bad --n fails here, before OUT is made
     prepare_run_dir(out, "train-bnn", config)
     checkpoints = out / "checkpoints"
     if metrics_path.exists():
@@ -245,7 +246,7 @@ def experiment_classification(
         run_classification,
         summary_table,
     )
-    from dwp.data import load_dataset
+    from dwp.data import class_balanced_subset, load_dataset
     from dwp.runtime import (
         append_jsonl,
         atomic_write_text,
@@ -282,6 +283,8 @@ def experiment_classification(
         import torch
 
         test = test.subset(torch.arange(min(test_examples, len(test))))
+    for n in size_list:  # a bad size fails here, before OUT is made
+        class_balanced_subset(train.labels, n, seed_list[0])
     # the grid may grow between reruns (sizes, methods, seeds); everything else must match
     fixed = {k: v for k, v in config.items() if k not in ("sizes", "methods")}
     prepare_run_dir(out, "experiment classification", fixed)
