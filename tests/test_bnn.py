@@ -124,6 +124,10 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
     for n in ("25", "0", "70000"):  # not a multiple of 10 classes / too many per class
         assert main([*args[:1], "--out", str(bad), *args[3:n_at], n, *args[n_at + 1:]]) == 2
         assert not bad.exists()
+    for flag, value in (("--ensemble", "0"), ("--lr", "-1"), ("--batch-size", "0"),
+                        ("--test-examples", "0"), ("--kernel-subsample", "0")):
+        assert main([*args[:1], "--out", str(bad), *args[3:], flag, value]) == 2
+        assert not bad.exists()
     assert rec["conv_impl"] == "mixed"  # recorded with the run
 
 

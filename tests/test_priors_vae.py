@@ -258,7 +258,8 @@ def test_cli_rejects_bad_kernels_without_leaving_a_prior(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "0"),
-                                        ("--train-k", "0"), ("--lr", "0")])
+                                        ("--train-k", "0"), ("--lr", "0"), ("--z-dim", "0"),
+                                        ("--hidden", "0"), ("--max-train-kernels", "-1")])
 def test_cli_rejects_bad_training_options_before_creating_the_run(tmp_path, capsys, flag, value):
     np.save(tmp_path / "k7.npy", _edges(50, 7).numpy())
     assert main(["train-prior", str(tmp_path / "k7.npy"), "--out", str(tmp_path / "p"),

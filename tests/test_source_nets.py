@@ -335,6 +335,10 @@ def test_parse_widths_and_bad_config():
         SourceConfig(chunk_size="many").resolved()
     with pytest.raises(DwpError, match="conv-impl must be one of native, unfold, mixed, auto"):
         SourceConfig(conv_impl="winograd").resolved()
+    with pytest.raises(DwpError, match="expected 2 conv widths"):  # before any folder is made
+        SourceConfig(widths=[8]).resolved()
+    with pytest.raises(DwpError, match="unknown architecture"):
+        SourceConfig(arch="resnet").resolved()
     with pytest.raises(DwpError, match="unknown convolution implementation"):
         BatchedModel(_fconv_factory, [0], conv_impl="winograd")
 

@@ -132,6 +132,8 @@ class SourceConfig:
                 raise DwpError(
                     f"--chunk-size must be 'auto' or a positive integer, got {cfg.chunk_size!r}"
                 ) from exc
+        with torch.device("meta"):  # checks arch and widths without allocating the net
+            build_net(cfg.arch, cfg.widths, width_factor=cfg.width_factor)
         return cfg
 
     def net_seeds(self) -> list[int]:

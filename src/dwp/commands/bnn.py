@@ -15,7 +15,9 @@ from dwp.commands.options import (
     Download,
     Progress,
     as_path,
+    check_at_least_one,
     check_bnn_conv_impl,
+    check_lr,
 )
 from dwp.runtime import DwpError
 
@@ -107,13 +109,12 @@ def train_bnn(
     method = canonical_spec(prior)
     layer_methods = parse_prior_spec(method)
     used = set(layer_methods.values()) if layer_methods else {method}
-    if steps < 1:
-        raise DwpError(f"--steps must be >= 1, got {steps}")
+    check_at_least_one(steps=steps, ensemble=ensemble, batch_size=batch_size,
+                       test_examples=test_examples, kernel_subsample=kernel_subsample)
+    check_lr(lr)
     check_bnn_conv_impl(conv_impl)
     if checkpoint_every < 0:
         raise DwpError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    if kernel_subsample is not None and kernel_subsample < 1:
-        raise DwpError(f"--kernel-subsample must be >= 1, got {kernel_subsample}")
     if init not in (None, "prior", "prior-mean", "xavier"):
         raise DwpError(f"--init must be 'prior', 'prior-mean' or 'xavier', got {init!r}")
     if init == "prior-mean" and used != {"dwp"}:
@@ -260,6 +261,8 @@ def experiment_classification(
     size_list, seed_list = _int_list(sizes, "--sizes"), _int_list(seeds, "--seeds")
     if not method_list or not size_list or not seed_list:
         raise DwpError("--methods, --sizes and --seeds must each name at least one value")
+    check_at_least_one(steps=steps, ensemble=ensemble, test_examples=test_examples,
+                       kernel_subsample=kernel_subsample)
     check_bnn_conv_impl(conv_impl)
     dev = select_device(device)
     out = as_path(out)

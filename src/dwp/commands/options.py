@@ -37,6 +37,25 @@ def check_bnn_conv_impl(conv_impl: str) -> None:
                        f"{conv_impl!r}")
 
 
+def check_at_least_one(**flags: float | None) -> None:
+    """Raise ``DwpError`` naming the first flag whose value is given (not None) and < 1, e.g.
+    ``check_at_least_one(ensemble=0)`` -> "--ensemble must be >= 1, got 0". Commands call it
+    before their run folder is made, so a bad value leaves nothing behind."""
+    from dwp.runtime import DwpError
+
+    for name, value in flags.items():
+        if value is not None and value < 1:
+            raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def check_lr(lr: float) -> None:
+    """Raise ``DwpError`` unless the learning rate ``lr`` is positive."""
+    from dwp.runtime import DwpError
+
+    if not lr > 0:
+        raise DwpError(f"--lr must be > 0, got {lr}")
+
+
 def as_path(p: Path | None) -> Path | None:
     """Expand ``~`` in an optional path."""
     return None if p is None else Path(p).expanduser()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import typer
 
-from dwp.commands.options import Device, Progress, as_path
+from dwp.commands.options import Device, Progress, as_path, check_at_least_one, check_lr
 from dwp.kernelsets import find_layers, load_kernel_file, read_metadata
 from dwp.priors import FAMILIES, get_family, load_prior_dir, read_prior_meta, save_prior
 from dwp.priors.fit import evaluate_prior, fit_prior
@@ -92,12 +92,14 @@ def train_prior(
     Layers already finished in PRIOR are skipped, so a rerun resumes.
     """
     get_family(family)
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size),
-                        ("--train-k", train_k)):
-        if value < 1:  # checked before the run folder is created, so none is left behind
-            raise DwpError(f"{flag} must be >= 1, got {value}")
-    if not lr > 0:
-        raise DwpError(f"--lr must be > 0, got {lr}")
+    # checked before the run folder is created, so none is left behind
+    check_at_least_one(epochs=epochs, batch_size=batch_size, train_k=train_k, z_dim=z_dim,
+                       hidden=hidden)
+    for flag, value in (("--iwae-max-kernels", iwae_max_kernels),
+                        ("--max-train-kernels", max_train_kernels)):
+        if value < 0:
+            raise DwpError(f"{flag} must be >= 0 (0: all), got {value}")
+    check_lr(lr)
     kernels = as_path(kernels)
     test = as_path(test)
     out = as_path(out)
