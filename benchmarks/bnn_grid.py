@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from dwp.batched import PRECISIONS
 from dwp.bayes import BNN_CONV_IMPLS
 from dwp.bnn import canonical_method, resolve_priors, run_classification
 from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
@@ -70,6 +71,8 @@ def main() -> None:
                     "20 on CUDA, 0 on CPU")
     ap.add_argument("--conv-impl", default="mixed", choices=BNN_CONV_IMPLS,
                     help="how the variational convolutions compute (BayesConv2d.set_conv_impl)")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="arithmetic of the data term in training (dwp.bnn.train_bnn)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "bnn-grid-speed.jsonl")
     args = ap.parse_args()
@@ -92,7 +95,7 @@ def main() -> None:
     seeds = list(range(args.seeds))
     kw = {"train_data": train, "test_data": test, "steps": args.steps, "priors": priors,
           "device": dev, "kernel_subsample": args.kernel_subsample, "ensemble": args.ensemble,
-          "conv_impl": args.conv_impl}
+          "conv_impl": args.conv_impl, "precision": args.precision}
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -130,7 +133,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
            "n": args.n, "seeds": args.seeds, "steps": args.steps,
            "kernel_subsample": args.kernel_subsample, "untrained_dwp": args.untrained_dwp,
-           "conv_impl": args.conv_impl,
+           "conv_impl": args.conv_impl, "precision": args.precision,
            "warmup_steps": warmup,
            "test_examples": len(test), **out,
            "load_avg_1min": os.getloadavg()[0]}

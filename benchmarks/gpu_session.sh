@@ -28,7 +28,7 @@
 #  6. src100x2: 100 nets x 2 epochs;
 #  7. gridfull: 10-seed dwp and deterministic cells at paper length (N = 50, 10,000 steps) and
 #     N = 1000 cells (dwp, sn, det; 500 steps), CUDA-graph replay: the measured basis for the
-#     whole grid's time;
+#     whole grid's time; then the sn and det N = 1000 cells with the data term in bf16;
 #  8. profile; 9. priors (VAE training speed); 10. extra: with the time left, more paper-width
 #     source nets (seed 2) and their kernel sets.
 #
@@ -219,6 +219,12 @@ stage_gridfull() {  # measured cell times for the whole grid: N = 50 at paper le
     extra_grid=(); [ $method = dwp ] && extra_grid=(--untrained-dwp --kernel-subsample 512)
     stage "bnn-cell-$method-n1000" 60 "$PY" benchmarks/bnn_grid.py --method $method \
       "${extra_grid[@]}" "${cell1000[@]}" --sides batched_graph --device "$dev" \
+      --out "$OUT/bnn_grid.jsonl"
+  done
+  # the same N = 1000 cells with the data term in bf16 (since stop 24): compute-bound cells
+  for method in sn det; do
+    stage "bnn-cell-$method-n1000-bf16" 60 "$PY" benchmarks/bnn_grid.py --method $method \
+      "${cell1000[@]}" --sides batched_graph --precision bf16 --device "$dev" \
       --out "$OUT/bnn_grid.jsonl"
   done
 }

@@ -125,7 +125,8 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
         assert main([*args[:1], "--out", str(bad), *args[3:n_at], n, *args[n_at + 1:]]) == 2
         assert not bad.exists()
     for flag, value in (("--ensemble", "0"), ("--lr", "-1"), ("--batch-size", "0"),
-                        ("--test-examples", "0"), ("--kernel-subsample", "0")):
+                        ("--test-examples", "0"), ("--kernel-subsample", "0"),
+                        ("--precision", "fp16")):
         assert main([*args[:1], "--out", str(bad), *args[3:], flag, value]) == 2
         assert not bad.exists()
     assert rec["conv_impl"] == "mixed"  # recorded with the run
@@ -281,6 +282,24 @@ def test_experiment_classification_batches_seeds(tmp_path, data_root):
     assert len({r["accuracy"] for r in rows}) > 1  # distinct nets, not one result copied
     for r in rows:
         assert math.isfinite(r["final_kl"]) and math.isfinite(r["final_train_nll"])
+
+
+def test_experiment_classification_records_precision(tmp_path, data_root):
+    """--precision bf16 reaches every kind of run (batched Bayesian, batched deterministic,
+    single) and is part of the folder's identity: the same folder refuses fp32 later."""
+    from dwp.cli import main
+    from dwp.runtime import read_jsonl
+
+    base = ["experiment", "classification", "--out", str(tmp_path), "--sizes", "20",
+            "--steps", "2", "--ensemble", "1", "--test-examples", "50", "--device", "cpu",
+            "--data-root", str(data_root), "--no-progress", "--methods", "sn,det"]
+    assert main([*base, "--seeds", "0,1", "--batch-seeds", "--precision", "bf16"]) == 0
+    assert main([*base, "--seeds", "2", "--one-at-a-time", "--precision", "bf16"]) == 0
+    rows = read_jsonl(tmp_path / "results.jsonl")
+    assert len(rows) == 6 and all(r["precision"] == "bf16" for r in rows)
+    assert all(math.isfinite(r["nll"]) for r in rows)
+    assert main([*base, "--seeds", "3"]) == 2  # fp32 into a bf16 folder: refused
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 6
 
 
 def test_seed_batched_runs_match_single_runs_in_distribution(data_root):

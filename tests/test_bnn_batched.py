@@ -157,3 +157,86 @@ def test_deterministic_seeds_together_match_single_runs(data_root):
         assert rec["batched"] == 6 and rec["method"] == "deterministic"
     assert {r["weight_decay"] for r in together} != {3.0}  # a choice, not the largest decay
 
+
+
+def _dwp_net(seed: int) -> nn.Module:
+    """A net whose two 5x5 conv layers share one small (untrained) VAE prior, as the CIFAR
+    nets' 5x5 layers do (the batched trainer must write such a shared module back once)."""
+    from dwp.bayes import bayesianize
+    from dwp.priors import KernelVAE
+
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 3, 5), nn.LeakyReLU(0.01), nn.Conv2d(3, 4, 5),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    bayesianize(net, KernelVAE(5, hidden=4), init="prior", freeze_reverse=True)
+    return net
+
+
+def _autocast_seen(net: nn.Module) -> dict[str, set]:
+    """Record whether CPU autocast is on when the second variational conv and the prior's
+    decoder run."""
+    seen: dict[str, set] = {"conv": set(), "prior": set()}
+    net[2].register_forward_pre_hook(
+        lambda m, a: seen["conv"].add(torch.is_autocast_enabled("cpu")))
+    net[2].prior.decoder.register_forward_pre_hook(
+        lambda m, a: seen["prior"].add(torch.is_autocast_enabled("cpu")))
+    return seen
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_bf16_autocasts_the_data_term_only(batched):
+    """``precision="bf16"``: the net's forward pass runs under bfloat16 autocast, the auxiliary
+    bound of the VAE prior does not; weights stay float32 and training ends close to the
+    float32 run (bf16 rounds to 8 bits of mantissa)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 12, 12), torch.randint(0, 3, (16,))
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        net = _dwp_net(0)
+        seen = _autocast_seen(net)
+        for layer in (net[0], net[2]):
+            layer.mode = "mean"  # deterministic forward: the two runs differ by rounding only
+        if batched:
+            out = train_bnn_batched([net], x, y, steps=5, lr=1e-2, precision=precision,
+                                    generator=torch.Generator().manual_seed(0))
+        else:
+            out = train_bnn(net, x, y, steps=5, lr=1e-2, precision=precision,
+                            generator=torch.Generator().manual_seed(0))
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+        runs[precision] = (net, seen, out)
+    assert runs["fp32"][1] == {"conv": {False}, "prior": {False}}
+    assert runs["bf16"][1] == {"conv": {True}, "prior": {False}}
+    w0 = _dwp_net(0)[2].weight_mu
+    w32, w16 = runs["fp32"][0][2].weight_mu, runs["bf16"][0][2].weight_mu
+    assert not torch.equal(w32, w16)  # bf16 arithmetic really ran
+    # Adam moves each weight by up to lr per step whatever the gradient's size, so compare
+    # the typical disagreement with the typical move
+    moved, apart = (w32 - w0).abs().mean(), (w16 - w32).abs().mean()
+    assert moved > 0.01 and apart < 0.1 * moved, (moved, apart)
+
+
+def test_bf16_deterministic_batched_matches_fp32_closely():
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 16, 1, 8, 8), torch.randint(0, 3, (2, 16))
+
+    def nets():
+        torch.manual_seed(3)
+        return [nn.Sequential(nn.Conv2d(1, 4, 3), nn.LeakyReLU(0.01), nn.Flatten(),
+                              nn.Linear(4 * 6 * 6, 3)) for _ in range(2)]
+
+    a, b = nets(), nets()
+    ra = train_deterministic_batched(a, x, y, steps=10, weight_decay=[0.0, 1e-2], lr=1e-2)
+    rb = train_deterministic_batched(b, x, y, steps=10, weight_decay=[0.0, 1e-2], lr=1e-2,
+                                     precision="bf16")
+    assert ra["loss"] != rb["loss"]
+    assert ra["loss"] == pytest.approx(rb["loss"], abs=0.05)
+    single32, single16 = nets()[0], nets()[0]
+    for net, precision in ((single32, "fp32"), (single16, "bf16")):
+        train_deterministic(net, x[0], y[0], steps=10, weight_decay=0.0, lr=1e-2,
+                            precision=precision)
+    assert not torch.equal(single32[0].weight, single16[0].weight)
+    torch.testing.assert_close(single16[0].weight, single32[0].weight, atol=1e-2, rtol=0)
+    torch.testing.assert_close(single32[0].weight, a[0][0].weight, atol=1e-5, rtol=1e-4)
+    with pytest.raises(DwpError, match="precision must be one of fp32, tf32, bf16"):
+        train_deterministic_batched(nets(), x, y, steps=1, weight_decay=[0.0, 0.0],
+                                    precision="fp16")

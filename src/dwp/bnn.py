@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dwp.batched import PRECISIONS, autocast_for, tf32_for
 from dwp.bayes import bayes_layers, elbo_loss, kl, predict
 from dwp.metrics import classification_metrics
 from dwp.runtime import DwpError, progress
@@ -141,6 +142,22 @@ class _TrainingCheckpoint:
         atomic_write_bytes(self.path, buf.getvalue())
 
 
+def check_precision(precision: str) -> None:
+    """Raise ``DwpError`` unless ``precision`` is one of :data:`dwp.batched.PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def data_logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``model(x)`` as float32 logits (B, classes), its forward pass (and so its backward)
+    autocast to bfloat16 for ``precision="bf16"``. Training loops call it for the data term
+    only: KL terms and auxiliary bounds stay in float32. (``"tf32"`` is set around a whole
+    loop with :func:`dwp.batched.tf32_for`, since it must cover the backward pass too.)"""
+    with autocast_for(precision, x.device):
+        out = model(x)
+    return out.float()
+
+
 def train_bnn(
     model: nn.Module,
     images: torch.Tensor,
@@ -155,6 +172,7 @@ def train_bnn(
     log_every: int = 0,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 500,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train a model with variational layers by minimising the negative ELBO estimate.
 
@@ -171,9 +189,14 @@ def train_bnn(
     exactly as an uninterrupted run would (same random draws). The caller deletes it once
     the result is safe. ``seconds`` then counts the training time of every part of the run;
     ``resumed_from`` is the step it restarted at (0: not resumed).
+
+    ``precision``: arithmetic of the data term's forward and backward passes: ``"fp32"``,
+    ``"tf32"`` (TensorFloat-32 on CUDA) or ``"bf16"`` (autocast; see :func:`data_logits`).
+    The prior term, the parameters and Adam stay float32.
     """
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
+    check_precision(precision)
     if not bayes_layers(model):
         raise DwpError("the model has no variational layers: use dwp.bayes.bayesianize first")
     device = next(model.parameters()).device
@@ -196,12 +219,14 @@ def train_bnn(
     for t in bar:
         idx = next_batch().to(device)
         opt.zero_grad(set_to_none=True)
-        logits = model(x[idx])
-        kl_term = kl(model, kernel_subsample=kernel_subsample, generator=g)
-        loss = elbo_loss(logits, y[idx], kl_term, n)
-        if not torch.isfinite(loss):
-            raise DwpError(f"the loss became {loss.item()} at step {t}: lower --lr or check data")
-        loss.backward()
+        with tf32_for(precision, device):
+            logits = data_logits(model, x[idx], precision)
+            kl_term = kl(model, kernel_subsample=kernel_subsample, generator=g)
+            loss = elbo_loss(logits, y[idx], kl_term, n)
+            if not torch.isfinite(loss):
+                raise DwpError(f"the loss became {loss.item()} at step {t}: lower --lr or check "
+                               "data")
+            loss.backward()
         opt.step()
         sched.step()
         if t == 0 or t == steps - 1 or (log_every and t % log_every == 0):
@@ -231,14 +256,16 @@ def train_deterministic(
     show_progress: bool = False,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 500,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train an ordinary net: mean cross-entropy + L2 (Adam ``weight_decay``), lr decayed to 0.
 
     Returns ``{"loss": final mean CE on the last batch, "steps", "seconds"}``. ``checkpoint``
-    / ``checkpoint_every``: resume file, as in :func:`train_bnn`.
+    / ``checkpoint_every``: resume file, and ``precision``, as in :func:`train_bnn`.
     """
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
+    check_precision(precision)
     device = next(model.parameters()).device
     x, y = images.to(device), labels.to(device)
     n = x.shape[0]
@@ -256,8 +283,9 @@ def train_deterministic(
                       initial=start, total=steps):
         idx = next_batch().to(device)
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        loss.backward()
+        with tf32_for(precision, device):
+            loss = F.cross_entropy(data_logits(model, x[idx], precision), y[idx])
+            loss.backward()
         opt.step()
         sched.step()
         if t == steps - 1:
@@ -647,6 +675,7 @@ def run_classification(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 500,
     conv_impl: str = "mixed",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train one FConvMNIST on a class-balanced subset of ``n`` training images and evaluate it.
 
@@ -659,6 +688,8 @@ def run_classification(
     ``deterministic``: the weight decay is chosen on a validation split of the subset.
     ``conv_impl``: how the variational convolutions compute (see
     :meth:`dwp.bayes.BayesConv2d.set_conv_impl`; same results up to float rounding).
+    ``precision``: of the data term in training (see :func:`train_bnn`; recorded when not
+    ``"fp32"``); evaluation is always float32.
     Returns the JSON-able record of the run.
 
     ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
@@ -681,13 +712,16 @@ def run_classification(
     before = 0.0  # seconds spent by earlier, interrupted processes of this run (resumed runs)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     ckpt = folder / "train.pt" if folder is not None else None
+    check_precision(precision)
     rec: dict[str, Any] = {"method": method, "n": n, "seed": seed, "steps": steps,
                            "device": str(device), "ensemble": ensemble}
+    if precision != "fp32":
+        rec["precision"] = precision
     if method == "deterministic":
         wd, scores = choose_weight_decay(make_model, x, y, steps=steps, grid=weight_decay_grid,
                                          seed=seed, lr=lr, batch_size=batch_size,
                                          checkpoint_dir=folder,
-                                         checkpoint_every=checkpoint_every)
+                                         checkpoint_every=checkpoint_every, precision=precision)
         before += sum(r["seconds"] for r in scores if r.get("earlier_process"))
         before += sum(r.get("seconds_before_resume", 0.0) for r in scores)
         g = seed_everything(seed)
@@ -695,7 +729,7 @@ def run_classification(
         hist = train_deterministic(model, x, y, steps=steps, weight_decay=wd, lr=lr,
                                    batch_size=batch_size, generator=g,
                                    show_progress=show_progress, checkpoint=ckpt,
-                                   checkpoint_every=checkpoint_every)
+                                   checkpoint_every=checkpoint_every, precision=precision)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=1)
         scores = [{k: r[k] for k in ("weight_decay", "val_accuracy", "val_nll")}
                   for r in scores]
@@ -709,7 +743,7 @@ def run_classification(
         hist = train_bnn(model, x, y, steps=steps, lr=lr, batch_size=batch_size,
                          kernel_subsample=kernel_subsample, generator=g,
                          show_progress=show_progress, checkpoint=ckpt,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, precision=precision)
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
         rec.update(settings, kernel_subsample=kernel_subsample,
                    final_train_nll=hist["nll"][-1], final_kl=hist["kl"][-1])

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from dwp.batched import tf32_for
 from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
-from dwp.bnn import resolve_batch_size
+from dwp.bnn import check_precision, data_logits, resolve_batch_size
 from dwp.runtime import DwpError, progress
 
 #: Steps between checks that the losses are finite (each check waits for the device).
@@ -45,30 +46,35 @@ GRAPH_WARMUP = 3
 
 
 class _MeanCrossEntropy(nn.Module):
-    """Wraps an ordinary model so that one ``functional_call`` gives its mean cross-entropy."""
+    """Wraps an ordinary model so that one ``functional_call`` gives its mean cross-entropy
+    (the forward pass in ``precision``, see :func:`dwp.bnn.data_logits`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32") -> None:
         super().__init__()
         self.model = model
+        self.precision = precision
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(data_logits(self.model, x, self.precision), y)
 
 
 class _NegElbo(nn.Module):
-    """Wraps a model so that one ``functional_call`` gives its negative ELBO estimate."""
+    """Wraps a model so that one ``functional_call`` gives its negative ELBO estimate (the data
+    term's forward pass in ``precision``, the KL term in float32)."""
 
-    def __init__(self, model: nn.Module, n_train: int) -> None:
+    def __init__(self, model: nn.Module, n_train: int, precision: str = "fp32") -> None:
         super().__init__()
         self.model = model
         self.n_train = n_train
+        self.precision = precision
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        return elbo_loss(self.model(x), y, kl(self.model, indices=indices), self.n_train)
+        logits = data_logits(self.model, x, self.precision)
+        return elbo_loss(logits, y, kl(self.model, indices=indices), self.n_train)
 
 
 def train_bnn_batched(
@@ -86,6 +92,7 @@ def train_bnn_batched(
     capturable_adam: bool | None = None,
     record_losses: bool = False,
     show_progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train ``models`` (same architecture, priors and modes) together; results written back.
 
@@ -98,6 +105,7 @@ def train_bnn_batched(
     graph path's arithmetic eagerly (``benchmarks/bnn_graph_check.py``); CUDA only. Returns
     ``{"loss": (M,) final losses, "steps", "seconds", "cuda_graph": whether graphs ran}``,
     plus ``"history"``: (steps, M) losses of every step when ``record_losses``.
+    ``precision``: of the data term, as in :func:`dwp.bnn.train_bnn`.
     """
     if not models:
         raise DwpError("train_bnn_batched needs at least one model")
@@ -105,10 +113,11 @@ def train_bnn_batched(
         raise DwpError("the models have no variational layers: use dwp.bayes.bayesianize first")
     n = images.shape[0] if images.ndim == 4 else images.shape[1]
     return _train_stacked(
-        [_NegElbo(mod, n) for mod in models], images, labels, steps=steps, lr=lr,
+        [_NegElbo(mod, n, precision) for mod in models], images, labels, steps=steps, lr=lr,
         batch_size=batch_size, kernel_subsample=kernel_subsample, generator=generator,
         randomness=randomness, cuda_graph=cuda_graph, capturable_adam=capturable_adam,
-        record_losses=record_losses, show_progress=show_progress, desc=f"train-bnn x{len(models)}")
+        record_losses=record_losses, show_progress=show_progress, desc=f"train-bnn x{len(models)}",
+        precision=precision)
 
 
 def train_deterministic_batched(
@@ -124,6 +133,7 @@ def train_deterministic_batched(
     cuda_graph: bool = False,
     record_losses: bool = False,
     show_progress: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """:func:`dwp.bnn.train_deterministic` for M ordinary nets at once, each with its own L2.
 
@@ -141,10 +151,10 @@ def train_deterministic_batched(
         raise DwpError("train_deterministic_batched trains ordinary nets: use "
                        "train_bnn_batched for variational ones")
     return _train_stacked(
-        [_MeanCrossEntropy(mod) for mod in models], images, labels, steps=steps, lr=lr,
-        batch_size=batch_size, generator=generator, cuda_graph=cuda_graph,
+        [_MeanCrossEntropy(mod, precision) for mod in models], images, labels, steps=steps,
+        lr=lr, batch_size=batch_size, generator=generator, cuda_graph=cuda_graph,
         record_losses=record_losses, show_progress=show_progress, weight_decay=weight_decay,
-        desc=f"train-det x{len(models)}")
+        desc=f"train-det x{len(models)}", precision=precision)
 
 
 def _train_stacked(
@@ -164,13 +174,16 @@ def _train_stacked(
     randomness: str = "different",
     capturable_adam: bool | None = None,
     weight_decay: Sequence[float] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The loop shared by the batched trainers: ``wrappers[i](x, y, indices)`` is net i's loss
-    (each wraps its model as ``.model``); the stacked parameters are written back at the end."""
+    (each wraps its model as ``.model``); the stacked parameters are written back at the end.
+    ``precision`` only sets TensorFloat-32 around the loop ("tf32"); the wrappers autocast."""
     m = len(wrappers)
     models = [w.model for w in wrappers]
     if steps < 1:
         raise DwpError(f"steps must be >= 1, got {steps}")
+    check_precision(precision)
     device = next(models[0].parameters()).device
     shared = images.ndim == 4
     n = images.shape[0] if shared else images.shape[1]
@@ -257,10 +270,12 @@ def _train_stacked(
         if side is not None and t == GRAPH_WARMUP:
             torch.cuda.current_stream(device).wait_stream(side)
             side = None
-            step_fn, graphed = _record_step(graph_body, opt, eager_step)
+            with tf32_for(precision, device):
+                step_fn, graphed = _record_step(graph_body, opt, eager_step)
         with torch.cuda.stream(side) if side is not None else nullcontext():
             set_lr(t)
-            losses = step_fn()
+            with tf32_for(precision, device):
+                losses = step_fn()
         if record_losses:
             history.append(losses.clone())
         if (t + 1) % CHECK_EVERY == 0 or t == steps - 1:
@@ -268,10 +283,12 @@ def _train_stacked(
                 raise DwpError(f"a loss became non-finite in batched training by step {t + 1}: "
                                "lower the lr")
     losses = losses.cpu()
-    with torch.no_grad():
-        for i, w in enumerate(wrappers):
-            state = {k: v[i] for k, v in {**trainable, **frozen, **buffers}.items()}
-            w.load_state_dict(state, strict=True)
+    with torch.no_grad():  # by name, so that a module shared by layers (one prior for
+        for i, w in enumerate(wrappers):  # several same-size convs) is written once
+            for k, v in {**trainable, **frozen}.items():
+                w.get_parameter(k).copy_(v[i])
+            for k, v in buffers.items():
+                w.get_buffer(k).copy_(v[i])
     out = {"loss": losses.tolist(), "steps": steps, "seconds": time.perf_counter() - t0,
            "cuda_graph": graphed}
     if record_losses:
@@ -329,6 +346,7 @@ def run_classification_seeds(
     cuda_graph: bool = False,
     show_progress: bool = False,
     conv_impl: str = "mixed",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once.
 
@@ -367,7 +385,8 @@ def run_classification_seeds(
     trained = train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,
                                 kernel_subsample=kernel_subsample,
                                 generator=torch.Generator().manual_seed(int(seeds[0])),
-                                cuda_graph=cuda_graph, show_progress=show_progress)
+                                cuda_graph=cuda_graph, show_progress=show_progress,
+                                precision=precision)
     records = []
     for i, (seed, model) in enumerate(zip(seeds, models, strict=True)):
         with torch.no_grad():
@@ -380,6 +399,8 @@ def run_classification_seeds(
                                "device": str(device), "ensemble": ensemble}
         rec.update(settings, kernel_subsample=kernel_subsample, final_train_nll=final_nll,
                    final_kl=final_kl, batched=len(models), cuda_graph=trained["cuda_graph"])
+        if precision != "fp32":
+            rec["precision"] = precision
         rec.update(metrics)
         records.append(rec)
     seconds = (time.perf_counter() - t0) / len(models)
@@ -407,6 +428,7 @@ def run_deterministic_seeds(
     freeze_reverse: bool = False,
     ensemble: int = 1,
     conv_impl: str = "mixed",
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """The deterministic baseline of :func:`dwp.bnn.run_classification` for every seed, at once.
 
@@ -462,7 +484,7 @@ def run_deterministic_seeds(
     first = train_deterministic_batched(
         cands, torch.stack(cx), torch.stack(cy), steps=steps, weight_decay=decays, lr=lr,
         batch_size=batch_size, generator=torch.Generator().manual_seed(int(seeds[0])),
-        cuda_graph=cuda_graph, show_progress=show_progress)
+        cuda_graph=cuda_graph, show_progress=show_progress, precision=precision)
     chosen, validation = [], []
     for i, ((x, y), (_, va)) in enumerate(zip(data, splits, strict=True)):
         scores = []
@@ -481,7 +503,7 @@ def run_deterministic_seeds(
         finals, torch.stack([x for x, _ in data]), torch.stack([y for _, y in data]),
         steps=steps, weight_decay=chosen, lr=lr, batch_size=batch_size,
         generator=torch.Generator().manual_seed(int(seeds[0])), cuda_graph=cuda_graph,
-        show_progress=show_progress)
+        show_progress=show_progress, precision=precision)
     records = []
     for i, (seed, model) in enumerate(zip(seeds, finals, strict=True)):
         rec: dict[str, Any] = {"method": "deterministic", "n": n, "seed": seed, "steps": steps,
@@ -489,6 +511,8 @@ def run_deterministic_seeds(
                                "weight_decay": chosen[i], "validation": validation[i],
                                "final_train_loss": second["loss"][i], "batched": len(cands),
                                "cuda_graph": bool(first["cuda_graph"] and second["cuda_graph"])}
+        if precision != "fp32":
+            rec["precision"] = precision
         rec.update(evaluate(model, test_data.images, test_data.labels, samples=1))
         records.append(rec)
     seconds = (time.perf_counter() - t0) / len(seeds)

@@ -10,6 +10,7 @@ import typer
 
 from dwp.commands.options import (
     BnnConvImpl,
+    BnnPrecision,
     DataRoot,
     Device,
     Download,
@@ -95,6 +96,7 @@ def train_bnn(
         "run resumes where it stopped when rerun and ends as an uninterrupted one (0: never).",
     ),
     conv_impl: str = BnnConvImpl,
+    precision: str = BnnPrecision,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -102,7 +104,13 @@ def train_bnn(
 ) -> None:
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
-    from dwp.bnn import canonical_spec, parse_prior_spec, resolve_priors, run_classification
+    from dwp.bnn import (
+        canonical_spec,
+        check_precision,
+        parse_prior_spec,
+        resolve_priors,
+        run_classification,
+    )
     from dwp.data import class_balanced_subset, load_dataset
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
@@ -113,6 +121,7 @@ def train_bnn(
                        test_examples=test_examples, kernel_subsample=kernel_subsample)
     check_lr(lr)
     check_bnn_conv_impl(conv_impl)
+    check_precision(precision)
     if checkpoint_every < 0:
         raise DwpError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if init not in (None, "prior", "prior-mean", "xavier"):
@@ -140,6 +149,8 @@ def train_bnn(
         "data_root": str(data_root) if data_root else None, "download": download,
         "conv_impl": conv_impl,
     }
+    if precision != "fp32":  # only then, so that earlier run folders still resume
+        config["precision"] = precision
     metrics_path = out / "metrics.json"
     priors = resolve_priors(method, as_path(prior_dir), as_path(kernels), map_location=dev)
     train = load_dataset("mnist", "train", as_path(data_root), download)
@@ -161,7 +172,7 @@ def train_bnn(
         log_sigma2_init=log_sigma2_init, posterior=posterior, ensemble=ensemble, lr=lr,
         batch_size=batch_size, show_progress=show_progress, model_path=out / "model.safetensors",
         checkpoint_dir=checkpoints if checkpoint_every else None,
-        checkpoint_every=checkpoint_every or 1, conv_impl=conv_impl,
+        checkpoint_every=checkpoint_every or 1, conv_impl=conv_impl, precision=precision,
     )
     rec["test_examples"] = len(test)
     if rec.get("layers"):
@@ -234,6 +245,7 @@ def experiment_classification(
     note: str = typer.Option("", "--note", help="A note stored with every result row."),
     test_examples: int | None = TestExamples,
     conv_impl: str = BnnConvImpl,
+    precision: str = BnnPrecision,
     device: str = Device,
     data_root: Path | None = DataRoot,
     download: bool = Download,
@@ -242,6 +254,7 @@ def experiment_classification(
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
     from dwp.bnn import (
         canonical_method,
+        check_precision,
         plot_accuracy,
         resolve_priors,
         run_classification,
@@ -264,6 +277,7 @@ def experiment_classification(
     check_at_least_one(steps=steps, ensemble=ensemble, test_examples=test_examples,
                        kernel_subsample=kernel_subsample)
     check_bnn_conv_impl(conv_impl)
+    check_precision(precision)
     dev = select_device(device)
     out = as_path(out)
     config = {
@@ -276,6 +290,8 @@ def experiment_classification(
         "data_root": str(data_root) if data_root else None, "download": download,
         "conv_impl": conv_impl,
     }
+    if precision != "fp32":  # only then, so that earlier experiment folders still resume
+        config["precision"] = precision
     priors = {}
     for m in method_list:
         pdir = prior_dir if m == "dwp" else mvn_prior_dir if m == "fitted-gaussian" else None
@@ -307,7 +323,7 @@ def experiment_classification(
             units.append((m, n, [s]))
     common = {"train_data": train, "test_data": test, "steps": steps, "device": dev,
               "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse,
-              "ensemble": ensemble, "conv_impl": conv_impl}
+              "ensemble": ensemble, "conv_impl": conv_impl, "precision": precision}
     for m, n, group in progress(units, desc="grid", enabled=show_progress):
         if len(group) > 1:
             from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds

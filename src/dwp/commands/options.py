@@ -26,6 +26,13 @@ BnnConvImpl = typer.Option(
     "'unfold' (im2col everywhere). Same results up to float rounding.",
 )
 
+BnnPrecision = typer.Option(
+    "fp32", "--precision",
+    help="Arithmetic of the data term in training: fp32, tf32 (TensorFloat-32 on CUDA) or bf16 "
+    "(autocast, for GPUs; slower on most CPUs). The prior term, the weights and Adam stay "
+    "float32; evaluation is float32.",
+)
+
 
 def check_bnn_conv_impl(conv_impl: str) -> None:
     """Raise ``DwpError`` unless ``conv_impl`` is a value of ``--conv-impl`` (BNN commands)."""
