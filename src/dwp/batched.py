@@ -435,10 +435,12 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @contextmanager
-def autocast_for(precision: str, device: torch.device) -> Iterator[None]:
-    """Autocast the block's forward pass to bfloat16 for ``"bf16"``; nothing otherwise."""
+def autocast_for(precision: str, device: torch.device, cache: bool = True) -> Iterator[None]:
+    """Autocast the block's forward pass to bfloat16 for ``"bf16"``; nothing otherwise.
+    ``cache=False`` turns off autocast's cache of cast weights (as advised for blocks recorded
+    into CUDA graphs)."""
     if precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache):
             yield
     else:
         yield

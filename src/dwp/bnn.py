@@ -153,7 +153,7 @@ def data_logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
     autocast to bfloat16 for ``precision="bf16"``. Training loops call it for the data term
     only: KL terms and auxiliary bounds stay in float32. (``"tf32"`` is set around a whole
     loop with :func:`dwp.batched.tf32_for`, since it must cover the backward pass too.)"""
-    with autocast_for(precision, x.device):
+    with autocast_for(precision, x.device, cache=False):  # also recorded into CUDA graphs
         out = model(x)
     return out.float()
 
