@@ -12,6 +12,8 @@ from torch import nn
 from dwp.bayes import BayesConv2d, BayesLinear, sampling
 from dwp.bnn import train_bnn, train_deterministic
 from dwp.bnn_batched import (
+    pad_per_net,
+    run_deterministic_cells,
     run_deterministic_seeds,
     train_bnn_batched,
     train_deterministic_batched,
@@ -57,6 +59,33 @@ def test_batched_equals_alone_in_deterministic_mode(kernel_subsample):
                                       strict=True):
             assert ka == kb
             assert torch.allclose(pa, pb, atol=2e-5, rtol=1e-4), ka
+
+
+def test_padded_nets_train_as_alone_on_their_own_sets():
+    """Nets with training sets of 12, 7 and 9 examples, padded to 12 and trained together
+    (mean mode), end as each trained alone, full batch, on its own set."""
+    torch.manual_seed(0)
+    sizes = (12, 7, 9)
+    xs = [torch.randn(k, 1, 8, 8) for k in sizes]
+    ys = [torch.randint(0, 3, (k,)) for k in sizes]
+    x, y, mask = pad_per_net(xs, ys)
+    assert x.shape == (3, 12, 1, 8, 8) and mask.sum(1).tolist() == [12.0, 7.0, 9.0]
+    assert torch.equal(x[1, 7:], xs[1][:1].expand(5, 1, 8, 8))  # padding: copies, masked out
+    alone = [_net(s) for s in range(3)]
+    together = [copy.deepcopy(a) for a in alone]
+    for net, xi, yi in zip(alone, xs, ys, strict=True):
+        with sampling(net, "mean"):
+            train_bnn(net, xi, yi, steps=10, lr=3e-2)
+    for net in together:
+        net[0].mode = net[4].mode = "mean"
+    train_bnn_batched(together, x, y, steps=10, lr=3e-2, mask=mask)
+    for a, b in zip(alone, together, strict=True):
+        for (ka, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(),
+                                     strict=True):
+            assert torch.allclose(pa, pb, atol=2e-5, rtol=1e-4), ka
+    with pytest.raises(DwpError, match="full batch only"):
+        train_bnn_batched(together, x, y, steps=1, batch_size=4, mask=mask)
+    assert pad_per_net(xs[:1], ys[:1])[2] is None  # equal sizes: nothing padded
 
 
 def test_batched_sampling_mode_trains():
@@ -132,9 +161,11 @@ def test_deterministic_batched_equals_alone_with_its_own_weight_decay():
         train_deterministic_batched([_net(0)], x[0], y[0], steps=1, weight_decay=[0.0])
 
 
-def test_deterministic_seeds_together_match_single_runs(data_root):
+@pytest.mark.parametrize("sizes", [(30, 30), (30, 20)])
+def test_deterministic_seeds_together_match_single_runs(data_root, sizes):
     """The whole baseline (weight decay chosen on a split of the N images, then the final net)
-    for two seeds at once gives the single runs' choices and results."""
+    for two seeds at once gives the single runs' choices and results; also when the two
+    training sets differ in size (padded, each net's loss over its own examples)."""
     from dwp.bnn import run_classification
     from dwp.data import load_dataset
 
@@ -143,9 +174,14 @@ def test_deterministic_seeds_together_match_single_runs(data_root):
     test = test.subset(torch.arange(300))
     kw = {"train_data": train, "test_data": test, "steps": 40, "widths": (4, 8),
           "weight_decay_grid": (0.0, 1e-2, 3.0)}
-    together = run_deterministic_seeds(30, [0, 1], **kw)
-    for rec in together:
-        single = run_classification("deterministic", 30, rec["seed"], **kw)
+    if sizes[0] == sizes[1]:
+        together = run_deterministic_seeds(sizes[0], [0, 1], **kw)
+    else:
+        together = run_deterministic_cells(list(zip(sizes, (0, 1), strict=True)), **kw)
+        assert all(r["padded_to"] == sizes[0] for r in together)
+    for rec, n in zip(together, sizes, strict=True):
+        assert rec["n"] == n
+        single = run_classification("deterministic", n, rec["seed"], **kw)
         assert rec["weight_decay"] == single["weight_decay"]
         for a, b in zip(rec["validation"], single["validation"], strict=True):
             assert a["weight_decay"] == b["weight_decay"]

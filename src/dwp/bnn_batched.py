@@ -55,9 +55,13 @@ class _MeanCrossEntropy(nn.Module):
         self.precision = precision
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
+        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return F.cross_entropy(data_logits(self.model, x, self.precision), y)
+        logits = data_logits(self.model, x, self.precision)
+        if mask is None:
+            return F.cross_entropy(logits, y)
+        return (F.cross_entropy(logits, y, reduction="none") * mask).sum() / mask.sum()
 
 
 class _NegElbo(nn.Module):
@@ -71,10 +75,15 @@ class _NegElbo(nn.Module):
         self.precision = precision
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None
+        self, x: torch.Tensor, y: torch.Tensor, indices: dict[str, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         logits = data_logits(self.model, x, self.precision)
-        return elbo_loss(logits, y, kl(self.model, indices=indices), self.n_train)
+        if mask is None:
+            return elbo_loss(logits, y, kl(self.model, indices=indices), self.n_train)
+        # full batch over the net's real examples: the data term is their summed NLL
+        nll = (F.cross_entropy(logits, y, reduction="none") * mask).sum()
+        return nll + kl(self.model, indices=indices)
 
 
 def train_bnn_batched(
@@ -93,6 +102,7 @@ def train_bnn_batched(
     record_losses: bool = False,
     show_progress: bool = False,
     precision: str = "fp32",
+    mask: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Train ``models`` (same architecture, priors and modes) together; results written back.
 
@@ -105,7 +115,10 @@ def train_bnn_batched(
     graph path's arithmetic eagerly (``benchmarks/bnn_graph_check.py``); CUDA only. Returns
     ``{"loss": (M,) final losses, "steps", "seconds", "cuda_graph": whether graphs ran}``,
     plus ``"history"``: (steps, M) losses of every step when ``record_losses``.
-    ``precision``: of the data term, as in :func:`dwp.bnn.train_bnn`.
+    ``precision``: of the data term, as in :func:`dwp.bnn.train_bnn`. ``mask`` (M, N): for
+    nets with training sets of different sizes padded to N (:func:`pad_per_net`), 1 for each
+    net's real examples and 0 for padding; the data term then sums the NLL of the real examples
+    only, which is the full-batch ELBO of each net's own set (full batch only).
     """
     if not models:
         raise DwpError("train_bnn_batched needs at least one model")
@@ -117,7 +130,7 @@ def train_bnn_batched(
         batch_size=batch_size, kernel_subsample=kernel_subsample, generator=generator,
         randomness=randomness, cuda_graph=cuda_graph, capturable_adam=capturable_adam,
         record_losses=record_losses, show_progress=show_progress, desc=f"train-bnn x{len(models)}",
-        precision=precision)
+        precision=precision, mask=mask)
 
 
 def train_deterministic_batched(
@@ -134,6 +147,7 @@ def train_deterministic_batched(
     record_losses: bool = False,
     show_progress: bool = False,
     precision: str = "fp32",
+    mask: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """:func:`dwp.bnn.train_deterministic` for M ordinary nets at once, each with its own L2.
 
@@ -142,7 +156,8 @@ def train_deterministic_batched(
     there, to every parameter: grad + decay * param before the Adam update). Full batch for
     N <= 1000: the nets then end as the same nets trained one by one, up to float rounding
     (``tests/test_bnn_batched.py``). Returns what :func:`train_bnn_batched` returns (``"loss"``:
-    the final mean cross-entropies).
+    the final mean cross-entropies). ``mask``: as there (each net's loss is then the mean
+    cross-entropy over its real examples).
     """
     if len(weight_decay) != len(models):
         raise DwpError(f"weight_decay needs one value per model ({len(models)}), got "
@@ -154,7 +169,34 @@ def train_deterministic_batched(
         [_MeanCrossEntropy(mod, precision) for mod in models], images, labels, steps=steps,
         lr=lr, batch_size=batch_size, generator=generator, cuda_graph=cuda_graph,
         record_losses=record_losses, show_progress=show_progress, weight_decay=weight_decay,
-        desc=f"train-det x{len(models)}", precision=precision)
+        desc=f"train-det x{len(models)}", precision=precision, mask=mask)
+
+
+def pad_per_net(
+    images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stack per-net training sets of possibly different sizes N_i for the batched trainers.
+
+    ``images[i]`` (N_i, C, H, W), ``labels[i]`` (N_i,). Returns ``(x, y, mask)``: x (M, N, C,
+    H, W) and y (M, N) with N = max N_i, each set padded at its end with copies of its first
+    example, and mask (M, N) float, 1 on real examples and 0 on padding; mask is None when all
+    sizes are equal (nothing is padded).
+    """
+    if not images or len(images) != len(labels):
+        raise DwpError("pad_per_net needs one label tensor per image tensor, and at least one")
+    sizes = [len(x) for x in images]
+    n = max(sizes)
+    if min(sizes) == n:
+        return torch.stack(list(images)), torch.stack(list(labels)), None
+    if min(sizes) < 1:
+        raise DwpError("every net needs at least one training example")
+    xs, ys, mask = [], [], torch.zeros(len(images), n)
+    for i, (x, y) in enumerate(zip(images, labels, strict=True)):
+        pad = n - len(x)
+        xs.append(torch.cat([x, x[:1].expand(pad, *x.shape[1:])]))
+        ys.append(torch.cat([y, y[:1].expand(pad)]))
+        mask[i, : len(x)] = 1.0
+    return torch.stack(xs), torch.stack(ys), mask
 
 
 def _train_stacked(
@@ -175,10 +217,13 @@ def _train_stacked(
     capturable_adam: bool | None = None,
     weight_decay: Sequence[float] | None = None,
     precision: str = "fp32",
+    mask: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """The loop shared by the batched trainers: ``wrappers[i](x, y, indices)`` is net i's loss
-    (each wraps its model as ``.model``); the stacked parameters are written back at the end.
-    ``precision`` only sets TensorFloat-32 around the loop ("tf32"); the wrappers autocast."""
+    """The loop shared by the batched trainers: ``wrappers[i](x, y, indices[, mask])`` is net
+    i's loss (each wraps its model as ``.model``); the stacked parameters are written back at
+    the end. ``precision`` only sets TensorFloat-32 around the loop ("tf32"); the wrappers
+    autocast. ``mask`` (M, N) marks each net's real examples in padded per-net data (full
+    batch only)."""
     m = len(wrappers)
     models = [w.model for w in wrappers]
     if steps < 1:
@@ -191,6 +236,13 @@ def _train_stacked(
         raise DwpError(f"per-net data must be (M={m}, N, ...), got {tuple(images.shape)}")
     x, y = images.to(device), labels.to(device)
     bs = resolve_batch_size(n, batch_size)
+    if mask is not None:
+        if shared or tuple(mask.shape) != (m, n):
+            raise DwpError(f"mask must be (M={m}, N={n}) with per-net data, got "
+                           f"{tuple(mask.shape)}")
+        if bs < n:
+            raise DwpError("nets with padded data (a mask) train full batch only")
+        mask = mask.to(device=device, dtype=torch.float32)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     use_graph = cuda_graph and device.type == "cuda" and bs >= n and steps > GRAPH_WARMUP
 
@@ -202,8 +254,18 @@ def _train_stacked(
     def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
         return functional_call(base, ({**p, **b}), (xb, yb, ind or None))
 
+    def one_masked(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict,
+                   mb: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, ({**p, **b}), (xb, yb, ind or None, mb))
+
     in_x = None if shared else 0
-    f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
+    if mask is None:
+        f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
+    else:
+        fm = vmap(one_masked, in_dims=(0, 0, 0, 0, None, 0), randomness=randomness)
+
+        def f(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
+            return fm(p, b, xb, yb, ind, mask)
     # capturable Adam keeps its step counts on the device and takes the lr as a device tensor
     capturable = (use_graph if capturable_adam is None else capturable_adam) and (
         device.type == "cuda")
@@ -328,6 +390,18 @@ def run_classification_seeds(
     method: str,
     n: int,
     seeds: Sequence[int],
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once
+    (:func:`run_classification_cells` with the cells (n, seed))."""
+    if not seeds:
+        raise DwpError("run_classification_seeds needs at least one seed")
+    return run_classification_cells(method, [(n, s) for s in seeds], **kw)
+
+
+def run_classification_cells(
+    method: str,
+    cells: Sequence[tuple[int, int]],
     *,
     train_data: Any,
     test_data: Any,
@@ -348,31 +422,35 @@ def run_classification_seeds(
     conv_impl: str = "mixed",
     precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """:func:`dwp.bnn.run_classification` for every seed of ``seeds``, the models trained at once.
+    """:func:`dwp.bnn.run_classification` for every (N, seed) of ``cells``, the models trained at
+    once.
 
-    Each seed gets its own class-balanced subset of ``n`` images and its own model, built and
+    Each cell gets its own class-balanced subset of N images and its own model, built and
     initialised exactly as a single run does; the models are then trained together by
     :func:`train_bnn_batched` (their own LRT / KL noise per net, one kernel subset per step
-    shared by all nets) and evaluated one by one. Returns one record per seed, in order, with
-    the fields of a single run plus ``batched`` (how many nets trained together) and
-    ``cuda_graph`` (whether steps replayed a CUDA graph); ``seconds``
-    is the group's wall time divided by the number of nets. Bayesian methods only.
+    shared by all nets) and evaluated one by one. Cells of different sizes N are padded to the
+    largest (:func:`pad_per_net`); each net's data term still covers exactly its own N images,
+    full batch (so sizes can share a training only while full batch, N <= 1000). Returns one
+    record per cell, in order, with the fields of a single run plus ``batched`` (how many nets
+    trained together), ``cuda_graph`` (whether steps replayed a CUDA graph) and, for padded
+    groups, ``padded_to``; ``seconds`` is the group's wall time divided by the number of nets.
+    Bayesian methods only.
     """
     from dwp.bnn import build_bayes_model, canonical_method, evaluate, fconv_factory
     from dwp.data import class_balanced_subset
 
     method = canonical_method(method)
     if method == "deterministic":
-        raise DwpError("run_classification_seeds trains Bayesian methods; the deterministic "
-                       "baseline chooses its weight decay per run (use run_classification)")
-    if not seeds:
-        raise DwpError("run_classification_seeds needs at least one seed")
+        raise DwpError("run_classification_cells trains Bayesian methods; the deterministic "
+                       "baseline chooses its weight decay per run (run_deterministic_cells)")
+    if not cells:
+        raise DwpError("run_classification_cells needs at least one (N, seed) cell")
     device = torch.device(device)
     t0 = time.perf_counter()
     make_model = fconv_factory(widths, train_data.images.shape[1], train_data.num_classes,
                                device)
     models, xs, ys, settings = [], [], [], {}
-    for seed in seeds:
+    for n, seed in cells:
         idx = class_balanced_subset(train_data.labels, n, seed)
         xs.append(train_data.images[idx])
         ys.append(train_data.labels[idx])
@@ -381,17 +459,17 @@ def run_classification_seeds(
             log_sigma2_init=log_sigma2_init, posterior=posterior, freeze_reverse=freeze_reverse,
             conv_impl=conv_impl)
         models.append(model)
-    x, y = torch.stack(xs), torch.stack(ys)
+    x, y, mask = pad_per_net(xs, ys)
     trained = train_bnn_batched(models, x, y, steps=steps, lr=lr, batch_size=batch_size,
                                 kernel_subsample=kernel_subsample,
-                                generator=torch.Generator().manual_seed(int(seeds[0])),
+                                generator=torch.Generator().manual_seed(int(cells[0][1])),
                                 cuda_graph=cuda_graph, show_progress=show_progress,
-                                precision=precision)
+                                precision=precision, mask=mask)
     records = []
-    for i, (seed, model) in enumerate(zip(seeds, models, strict=True)):
+    for i, ((n, seed), model) in enumerate(zip(cells, models, strict=True)):
         with torch.no_grad():
             model.train()
-            xi, yi = x[i].to(device), y[i].to(device)
+            xi, yi = xs[i].to(device), ys[i].to(device)
             final_nll = torch.nn.functional.cross_entropy(model(xi), yi).item()
             final_kl = kl(model).item()
         metrics = evaluate(model, test_data.images, test_data.labels, samples=ensemble)
@@ -399,6 +477,8 @@ def run_classification_seeds(
                                "device": str(device), "ensemble": ensemble}
         rec.update(settings, kernel_subsample=kernel_subsample, final_train_nll=final_nll,
                    final_kl=final_kl, batched=len(models), cuda_graph=trained["cuda_graph"])
+        if mask is not None:
+            rec["padded_to"] = x.shape[1]
         if precision != "fp32":
             rec["precision"] = precision
         rec.update(metrics)
@@ -409,9 +489,16 @@ def run_classification_seeds(
     return records
 
 
-def run_deterministic_seeds(
-    n: int,
-    seeds: Sequence[int],
+def run_deterministic_seeds(n: int, seeds: Sequence[int], **kw: Any) -> list[dict[str, Any]]:
+    """The deterministic baseline of :func:`dwp.bnn.run_classification` for every seed, at once
+    (:func:`run_deterministic_cells` with the cells (n, seed))."""
+    if not seeds:
+        raise DwpError("run_deterministic_seeds needs at least one seed")
+    return run_deterministic_cells([(n, s) for s in seeds], **kw)
+
+
+def run_deterministic_cells(
+    cells: Sequence[tuple[int, int]],
     *,
     train_data: Any,
     test_data: Any,
@@ -430,15 +517,18 @@ def run_deterministic_seeds(
     conv_impl: str = "mixed",
     precision: str = "fp32",
 ) -> list[dict[str, Any]]:
-    """The deterministic baseline of :func:`dwp.bnn.run_classification` for every seed, at once.
+    """The deterministic baseline of :func:`dwp.bnn.run_classification` for every (N, seed) of
+    ``cells``, at once.
 
     A single run trains one net per weight decay of the grid on 80% of its N images, keeps the
     decay with the best accuracy on the other 20% (:func:`dwp.bnn.choose_weight_decay`), then
-    trains the final net on all N. Here the S x G candidate nets train together in one batched
-    computation, then the S final nets in a second: two trainings instead of S (G + 1), each
+    trains the final net on all N. Here the C x G candidate nets train together in one batched
+    computation, then the C final nets in a second: two trainings instead of C (G + 1), each
     net seeded and fed exactly as in its single run, so the records match single runs up to
-    float rounding. Returns one record per seed with the fields of a single run plus
-    ``batched`` (nets per training) and ``cuda_graph``; ``seconds`` is the wall time / S.
+    float rounding. Training sets of different sizes are padded (:func:`pad_per_net`), each
+    net's loss averaging over its own examples only (full batch only). Returns one record per
+    cell with the fields of a single run plus ``batched`` (nets per training), ``cuda_graph``
+    and, for padded groups, ``padded_to``; ``seconds`` is the wall time / C.
     ``priors``, ``kernel_subsample``, ``freeze_reverse``, ``ensemble`` and ``conv_impl`` belong
     to the Bayesian methods; they are accepted, so that one set of grid arguments serves every
     method, and ignored (a deterministic net is evaluated once, as in its single run).
@@ -455,8 +545,8 @@ def run_deterministic_seeds(
     from dwp.runtime import seed_everything
 
     grid = list(WEIGHT_DECAY_GRID if weight_decay_grid is None else weight_decay_grid)
-    if not seeds:
-        raise DwpError("run_deterministic_seeds needs at least one seed")
+    if not cells:
+        raise DwpError("run_deterministic_cells needs at least one (N, seed) cell")
     if not grid:
         raise DwpError("the weight-decay grid is empty")
     device = torch.device(device)
@@ -464,27 +554,25 @@ def run_deterministic_seeds(
     make_model = fconv_factory(widths, train_data.images.shape[1], train_data.num_classes,
                                device)
     data, splits = [], []
-    for seed in seeds:
+    for n, seed in cells:
         idx = class_balanced_subset(train_data.labels, n, seed)
         x, y = train_data.images[idx], train_data.labels[idx]
         data.append((x, y))
         splits.append(stratified_holdout(y, 0.2, torch.Generator().manual_seed(seed)))
-    if len({len(tr) for tr, _ in splits}) != 1:
-        raise DwpError("the seeds' validation splits differ in size (unbalanced classes): "
-                       "train the deterministic baseline one seed at a time")
-    # 1. every (seed, decay) candidate on its seed's 80%
+    # 1. every (cell, decay) candidate on its cell's 80%
     cands, cx, cy, decays = [], [], [], []
-    for (x, y), (tr, _), seed in zip(data, splits, seeds, strict=True):
+    for (x, y), (tr, _), (_, seed) in zip(data, splits, cells, strict=True):
         for wd in grid:
             torch.manual_seed(seed)
             cands.append(make_model())
             cx.append(x[tr])
             cy.append(y[tr])
             decays.append(wd)
+    x1, y1, m1 = pad_per_net(cx, cy)
     first = train_deterministic_batched(
-        cands, torch.stack(cx), torch.stack(cy), steps=steps, weight_decay=decays, lr=lr,
-        batch_size=batch_size, generator=torch.Generator().manual_seed(int(seeds[0])),
-        cuda_graph=cuda_graph, show_progress=show_progress, precision=precision)
+        cands, x1, y1, steps=steps, weight_decay=decays, lr=lr, batch_size=batch_size,
+        generator=torch.Generator().manual_seed(int(cells[0][1])), cuda_graph=cuda_graph,
+        show_progress=show_progress, precision=precision, mask=m1)
     chosen, validation = [], []
     for i, ((x, y), (_, va)) in enumerate(zip(data, splits, strict=True)):
         scores = []
@@ -496,26 +584,28 @@ def run_deterministic_seeds(
         validation.append(scores)
     # 2. the final nets on all N images, with the chosen decays
     finals = []
-    for seed in seeds:
+    for _, seed in cells:
         seed_everything(seed)
         finals.append(make_model())
+    x2, y2, m2 = pad_per_net([x for x, _ in data], [y for _, y in data])
     second = train_deterministic_batched(
-        finals, torch.stack([x for x, _ in data]), torch.stack([y for _, y in data]),
-        steps=steps, weight_decay=chosen, lr=lr, batch_size=batch_size,
-        generator=torch.Generator().manual_seed(int(seeds[0])), cuda_graph=cuda_graph,
-        show_progress=show_progress, precision=precision)
+        finals, x2, y2, steps=steps, weight_decay=chosen, lr=lr, batch_size=batch_size,
+        generator=torch.Generator().manual_seed(int(cells[0][1])), cuda_graph=cuda_graph,
+        show_progress=show_progress, precision=precision, mask=m2)
     records = []
-    for i, (seed, model) in enumerate(zip(seeds, finals, strict=True)):
+    for i, ((n, seed), model) in enumerate(zip(cells, finals, strict=True)):
         rec: dict[str, Any] = {"method": "deterministic", "n": n, "seed": seed, "steps": steps,
                                "device": str(device), "ensemble": 1,
                                "weight_decay": chosen[i], "validation": validation[i],
                                "final_train_loss": second["loss"][i], "batched": len(cands),
                                "cuda_graph": bool(first["cuda_graph"] and second["cuda_graph"])}
+        if m2 is not None:
+            rec["padded_to"] = x2.shape[1]
         if precision != "fp32":
             rec["precision"] = precision
         rec.update(evaluate(model, test_data.images, test_data.labels, samples=1))
         records.append(rec)
-    seconds = (time.perf_counter() - t0) / len(seeds)
+    seconds = (time.perf_counter() - t0) / len(cells)
     for rec in records:
         rec["seconds"] = seconds
     return records
