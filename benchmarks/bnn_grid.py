@@ -18,6 +18,13 @@ accuracies (which agree only in distribution: the random streams differ).
 The deterministic baseline batches ``dwp.bnn_batched.run_deterministic_seeds``: the S x 4
 weight-decay candidates in one training, then the S final nets in a second (a single run
 trains its 4 candidates and its final net one after the other).
+
+Several sizes (``--n 50 100 200``) train all their cells in one padded training
+(``run_classification_cells``, what ``experiment classification --batch-sizes-up-to``
+does), against each cell trained alone:
+
+    python benchmarks/bnn_grid.py --method sn --n 50 100 200 --seeds 10 --steps 500 \
+        --device cuda --sides batched_graph one_at_a_time
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import torch
 from dwp.batched import PRECISIONS
 from dwp.bayes import BNN_CONV_IMPLS
 from dwp.bnn import canonical_method, resolve_priors, run_classification
-from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
+from dwp.bnn_batched import run_classification_cells, run_deterministic_cells
 from dwp.data import load_dataset
 from dwp.runtime import select_device
 
@@ -53,7 +60,8 @@ def main() -> None:
                     "prior folder (accuracies then mean nothing)")
     ap.add_argument("--kernels", default=None, help="kernel set (fitted-gaussian)")
     ap.add_argument("--kernel-subsample", type=int, default=None)
-    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--n", type=int, nargs="+", default=[50],
+                    help="training-set size(s); several sizes train together, padded")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--ensemble", type=int, default=10)
@@ -103,9 +111,11 @@ def main() -> None:
 
     warmup = args.warmup_steps if args.warmup_steps is not None else (
         20 if dev.type == "cuda" else 0)
+    cells = [(n, s) for n in args.n for s in seeds]
+    batched = run_deterministic_cells if method == "deterministic" else partial(
+        run_classification_cells, method)
     if warmup > 0:
-        (run_deterministic_seeds if method == "deterministic" else partial(
-            run_classification_seeds, method))(args.n, seeds, **{**kw, "steps": warmup})
+        batched(cells, **{**kw, "steps": warmup})
     out = {}
     for side in args.sides:
         if dev.type == "cuda":
@@ -113,11 +123,9 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         if side.startswith("batched"):
-            batched = run_deterministic_seeds if method == "deterministic" else partial(
-                run_classification_seeds, method)
-            recs = batched(args.n, seeds, **kw, cuda_graph=side == "batched_graph")
+            recs = batched(cells, **kw, cuda_graph=side == "batched_graph")
         else:
-            recs = [run_classification(method, args.n, s, **kw) for s in seeds]
+            recs = [run_classification(method, n, s, **kw) for n, s in cells]
         sync()
         out[side] = {
             "seconds": round(time.perf_counter() - t0, 2),
@@ -131,7 +139,8 @@ def main() -> None:
            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda"
            else platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__, "method": method,
-           "n": args.n, "seeds": args.seeds, "steps": args.steps,
+           "n": args.n[0] if len(args.n) == 1 else args.n, "seeds": args.seeds,
+           "steps": args.steps,
            "kernel_subsample": args.kernel_subsample, "untrained_dwp": args.untrained_dwp,
            "conv_impl": args.conv_impl, "precision": args.precision,
            "warmup_steps": warmup,

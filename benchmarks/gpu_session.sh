@@ -29,12 +29,14 @@
 #  7. gridfull: 10-seed dwp and deterministic cells at paper length (N = 50, 10,000 steps) and
 #     N = 1000 cells (dwp, sn, det; 500 steps), CUDA-graph replay: the measured basis for the
 #     whole grid's time; then the sn and det N = 1000 cells with the data term in bf16;
+#  7b. sizes: the sn cells of N = 50, 100, 200 (10 seeds, 500 steps) in one padded training,
+#     then one training per size (what --batch-sizes-up-to saves);
 #  8. profile; 9. priors (VAE training speed); 10. extra: with the time left, more paper-width
 #     source nets (seed 2) and their kernel sets.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph bnnconv detgrid grid gridfull profile priors extra; default: graph impl
-# src10x100 bnnconv detgrid src100x2 gridfull profile priors extra); MAX10=SECONDS caps the
+# src100x2 graph bnnconv detgrid grid gridfull sizes profile priors extra; default: graph impl
+# src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors extra); MAX10=SECONDS caps the
 # projected time of the 10 x 100-epoch row; IMPL_MODES sets the source_nets.py modes of the
 # impl stage; PROFILE_ARGS adds arguments to profile_source_step.py.
 #
@@ -112,6 +114,7 @@ if [ "$smoke" = 1 ]; then
   grid=(--n 20 --seeds 2 --steps 5 --test-examples 200 --threads 2)
   cell50=(--n 20 --seeds 2 --steps 10 --test-examples 200 --threads 2)
   cell1000=(--n 40 --seeds 2 --steps 5 --test-examples 200 --threads 2)
+  small=(--seeds 2 --steps 5 --test-examples 200 --threads 2); small_n=(20 40)
   pri=(--n7 300 --epochs7 2 --n5 1000 --epochs5 1 --threads 2)
   src_args=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
   cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=${MAX10:-100}
@@ -122,6 +125,7 @@ else
   grid=(--n 50 --seeds 10 --steps 200)
   cell50=(--n 50 --seeds 10 --steps 10000)
   cell1000=(--n 1000 --seeds 10 --steps 500)
+  small=(--seeds 10 --steps 500); small_n=(50 100 200)
   pri=(--epochs5 10)
   src_args=(--widths 256 512 --epochs 100)
   # 40k train + 40k test 5x5 kernels (8 MB) + all 7x7 kernels of up to 90 nets (4.5 MB) + net
@@ -228,6 +232,16 @@ stage_gridfull() {  # measured cell times for the whole grid: N = 50 at paper le
       --out "$OUT/bnn_grid.jsonl"
   done
 }
+stage_sizes() {  # the small sizes of a method in one padded training (experiment
+  # classification --batch-sizes-up-to, since stop 24) against one training per size
+  stage bnn-cells-sn-merged 90 "$PY" benchmarks/bnn_grid.py --method sn --n "${small_n[@]}" \
+    "${small[@]}" --sides batched_graph --device "$dev" --out "$OUT/bnn_grid.jsonl"
+  local n
+  for n in "${small_n[@]}"; do
+    stage "bnn-cell-sn-n$n-500" 60 "$PY" benchmarks/bnn_grid.py --method sn --n "$n" \
+      "${small[@]}" --sides batched_graph --device "$dev" --out "$OUT/bnn_grid.jsonl"
+  done
+}
 stage_profile() {  # the table is printed into the log; at most 8 files come back
   stage profile "${limits[0]}" "$PY" benchmarks/profile_source_step.py "${prof[@]}" \
     --device "$dev" --out "$OUT/profile_source.json"
@@ -247,7 +261,7 @@ stage_extra() {  # more source nets with what is left, sized from the measured t
   fi
 }
 
-for s in ${STAGES:-graph impl src10x100 bnnconv detgrid src100x2 gridfull profile priors extra}; do
+for s in ${STAGES:-graph impl src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors extra}; do
   "stage_$s"
 done
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"

@@ -268,6 +268,18 @@ def test_experiment_classification_batches_seeds(tmp_path, data_root):
             "--data-root", str(data_root), "--no-progress"]
     assert main([*base, "--methods", "sn,lu,det", "--seeds", "0-2", "--batch-seeds",
                  "--cuda-graph"]) == 0  # no CUDA here: the flag falls back to eager steps
+    # sizes 20 and 40 of a method in one training (padded to 40)
+    mixed = [*base[:2], "--out", str(tmp_path / "mixed"), *base[4:]]
+    mixed[mixed.index("--sizes") + 1] = "20,40"
+    assert main([*mixed, "--methods", "sn,det", "--seeds", "3", "--batch-seeds",
+                 "--batch-sizes-up-to", "40"]) == 0
+    small = read_jsonl(tmp_path / "mixed" / "results.jsonl")
+    assert sorted((r["method"], r["n"]) for r in small) == [
+        ("deterministic", 20), ("deterministic", 40), ("standard-normal", 20),
+        ("standard-normal", 40)]
+    assert all(r["padded_to"] == 40 for r in small)
+    assert {r["batched"] for r in small if r["method"] == "standard-normal"} == {2}
+    assert {r["batched"] for r in small if r["method"] == "deterministic"} == {8}
     rows = read_jsonl(tmp_path / "results.jsonl")
     assert all(r["cuda_graph"] is False for r in rows)
     assert sorted((r["method"], r["seed"]) for r in rows) == [
@@ -282,6 +294,24 @@ def test_experiment_classification_batches_seeds(tmp_path, data_root):
     assert len({r["accuracy"] for r in rows}) > 1  # distinct nets, not one result copied
     for r in rows:
         assert math.isfinite(r["final_kl"]) and math.isfinite(r["final_train_nll"])
+
+
+def test_training_units_group_seeds_and_small_sizes():
+    from dwp.commands.bnn import training_units
+
+    todo = [(m, n, s) for n in (50, 100, 500) for m in ("sn", "det") for s in (0, 1)]
+    alone = training_units(todo, batch_seeds=False, batch_sizes_up_to=200)
+    assert alone == [(m, [(n, s)]) for m, n, s in todo]
+    by_cell = training_units(todo, batch_seeds=True, batch_sizes_up_to=0)
+    assert by_cell == [("sn", [(50, 0), (50, 1)]), ("det", [(50, 0), (50, 1)]),
+                       ("sn", [(100, 0), (100, 1)]), ("det", [(100, 0), (100, 1)]),
+                       ("sn", [(500, 0), (500, 1)]), ("det", [(500, 0), (500, 1)])]
+    merged = training_units(todo, batch_seeds=True, batch_sizes_up_to=200)
+    assert merged == [("sn", [(50, 0), (50, 1), (100, 0), (100, 1)]),
+                      ("det", [(50, 0), (50, 1), (100, 0), (100, 1)]),
+                      ("sn", [(500, 0), (500, 1)]), ("det", [(500, 0), (500, 1)])]
+    with pytest.raises(DwpError, match="batch-sizes-up-to"):
+        training_units(todo, True, -1)
 
 
 def test_experiment_classification_records_precision(tmp_path, data_root):

@@ -204,6 +204,24 @@ def _int_list(text: str, what: str) -> list[int]:
         ) from exc
 
 
+def training_units(
+    todo: list[tuple[str, int, int]], batch_seeds: bool, batch_sizes_up_to: int = 0
+) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Group the grid's missing (method, N, seed) runs into trainings: ``(method, [(N, seed),
+    ...])``, in order of first appearance. Alone when not ``batch_seeds``; else all seeds of a
+    (method, N) cell together, and all cells of a method with N <= ``batch_sizes_up_to`` in
+    one training."""
+    if batch_sizes_up_to < 0:
+        raise DwpError(f"--batch-sizes-up-to must be >= 0, got {batch_sizes_up_to}")
+    units: dict[tuple, tuple[str, list[tuple[int, int]]]] = {}
+    for i, (m, n, s) in enumerate(todo):
+        key = (m, "small") if n <= batch_sizes_up_to else (m, n)
+        if not batch_seeds:
+            key = (i,)
+        units.setdefault(key, (m, []))[1].append((n, s))
+    return list(units.values())
+
+
 def experiment_classification(
     out: Path = typer.Option(..., "--out", "-o", help="Experiment folder (rerun to resume)."),
     sizes: str = typer.Option("50,100,200,500,1000", "--sizes", help="Training-set sizes N."),
@@ -236,6 +254,13 @@ def experiment_classification(
         "(the deterministic baseline: all seeds x weight decays, then the final nets; a killed "
         "cell reruns whole), or each run alone. Default: batched on CUDA, one at a time on CPU "
         "(where vmapped convolutions are slower: BENCHMARKS.md).",
+    ),
+    batch_sizes_up_to: int = typer.Option(
+        200, "--batch-sizes-up-to",
+        help="With --batch-seeds: also train the cells of all sizes N up to this together, per "
+        "method (training sets padded to the largest, each net still fitting exactly its own N "
+        "images, full batch): fewer, larger trainings where small cells are launch-bound. "
+        "0: one (method, N) cell per training.",
     ),
     cuda_graph: bool = typer.Option(
         False, "--cuda-graph/--no-cuda-graph",
@@ -278,6 +303,7 @@ def experiment_classification(
                        kernel_subsample=kernel_subsample)
     check_bnn_conv_impl(conv_impl)
     check_precision(precision)
+    training_units([], False, batch_sizes_up_to)  # checks the value before OUT is made
     dev = select_device(device)
     out = as_path(out)
     config = {
@@ -315,27 +341,23 @@ def experiment_classification(
     # one unit of work: a single run, or every missing seed of a Bayesian (method, N) cell
     if batch_seeds is None:
         batch_seeds = dev.type == "cuda"
-    units: list[tuple[str, int, list[int]]] = []
-    for m, n, s in todo:
-        if batch_seeds and units and units[-1][:2] == (m, n):
-            units[-1][2].append(s)
-        else:
-            units.append((m, n, [s]))
+    units = training_units(todo, batch_seeds, batch_sizes_up_to)
     common = {"train_data": train, "test_data": test, "steps": steps, "device": dev,
               "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse,
               "ensemble": ensemble, "conv_impl": conv_impl, "precision": precision}
-    for m, n, group in progress(units, desc="grid", enabled=show_progress):
-        if len(group) > 1:
-            from dwp.bnn_batched import run_classification_seeds, run_deterministic_seeds
+    for m, cells in progress(units, desc="grid", enabled=show_progress):
+        if len(cells) > 1:
+            from dwp.bnn_batched import run_classification_cells, run_deterministic_cells
 
             if m == "deterministic":
-                recs = run_deterministic_seeds(n, group, cuda_graph=cuda_graph, **common)
+                recs = run_deterministic_cells(cells, cuda_graph=cuda_graph, **common)
             else:
-                recs = run_classification_seeds(m, n, group, priors=priors[m],
+                recs = run_classification_cells(m, cells, priors=priors[m],
                                                 cuda_graph=cuda_graph, **common)
         else:
-            ckpt = out / "checkpoints" / f"{m}-n{n}-s{group[0]}"
-            recs = [run_classification(m, n, group[0], priors=priors[m], checkpoint_dir=ckpt,
+            (n, seed), = cells
+            ckpt = out / "checkpoints" / f"{m}-n{n}-s{seed}"
+            recs = [run_classification(m, n, seed, priors=priors[m], checkpoint_dir=ckpt,
                                        **common)]
         for rec in recs:
             rec.pop("layers", None)
@@ -345,8 +367,8 @@ def experiment_classification(
             if test_examples is not None:
                 rec["test_examples"] = len(test)
             append_jsonl(results, rec)
-        if len(group) == 1:
-            shutil.rmtree(out / "checkpoints" / f"{m}-n{n}-s{group[0]}", ignore_errors=True)
+        if len(cells) == 1:
+            shutil.rmtree(out / "checkpoints" / f"{m}-n{n}-s{seed}", ignore_errors=True)
     rows = [r for r in read_jsonl(results) if r["method"] in method_list]
     table = summary_table(rows)
     atomic_write_text(out / "summary.md", table + "\n")
