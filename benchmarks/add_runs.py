@@ -1,8 +1,9 @@
 """Append finished ``dwp train-bnn`` runs to a results JSONL (e.g. mnist-classification.jsonl).
 
 Each row is the run's ``metrics.json`` without its bulky or machine-local keys (``layers``,
-``model_path``, ``validation``), plus ``prior_dir`` (from ``config.json``), ``run`` (the folder)
-and ``note`` (how and where it ran). A run already in the file (same ``run``) is not added
+``model_path``, ``validation``), plus ``prior_dir`` and, when set, ``kernels`` (the kernel set
+a fitted Gaussian was fitted on; both from ``config.json``), ``run`` (the folder) and ``note``
+(how and where it ran). A run already in the file (same ``run``) is not added
 twice, so rerunning after a partly finished sweep is safe.
 
     python benchmarks/add_runs.py benchmarks/results/mnist-classification.jsonl \
@@ -28,6 +29,8 @@ def result_row(run: Path, note: str) -> dict:
         row.pop(key, None)
     cfg = json.loads((run / "config.json").read_text())
     row["prior_dir"] = cfg.get("config", {}).get("prior_dir")
+    if cfg.get("config", {}).get("kernels"):
+        row["kernels"] = cfg["config"]["kernels"]
     row["run"] = str(run)
     row["note"] = note
     return row

@@ -2,9 +2,10 @@
 
 Reads the rows of ``benchmarks/results/mnist-n50-paperlength-cpu.jsonl`` and
 ``benchmarks/results/mnist-classification.jsonl`` that ran the paper's length (10,000 full-batch
-steps): log-uniform, standard normal, the deterministic baseline and dwp with each
+steps): log-uniform, standard normal, the deterministic baseline, dwp with each
 ``--dwp PRIOR_DIR`` (frozen reverse model,
-prior-sample init, subsampled KL, unscaled prior: the CPU configuration of BENCHMARKS.md).
+prior-sample init, subsampled KL, unscaled prior: the CPU configuration of BENCHMARKS.md) and the
+fitted Gaussian fitted on each ``--fitted KERNELS`` kernel set.
 Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
 
     python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3 runs/prior-cpu3e300 \
@@ -23,12 +24,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
 
 
-def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
-    """{label: rows} for log-uniform, standard-normal, deterministic and 'dwp (PRIOR_DIR)' per
-    prior folder."""
+def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dict]]:
+    """{label: rows} for log-uniform, standard-normal, deterministic, 'dwp (PRIOR_DIR)' per
+    prior folder and 'fitted-gaussian (KERNELS)' per kernel set."""
     baselines = ("log-uniform", "standard-normal", "deterministic")
     groups: dict[str, list[dict]] = {m: [] for m in baselines}
     groups.update({f"dwp ({d})": [] for d in dwp_dirs})
+    groups.update({f"fitted-gaussian ({k})": [] for k in fitted})
     for name in FILES:
         for line in (RESULTS / name).read_text().splitlines():
             if not line.strip():
@@ -42,6 +44,8 @@ def load_rows(dwp_dirs: list[str]) -> dict[str, list[dict]]:
                   and r.get("freeze_reverse") and r.get("init") == "prior"
                   and r.get("kernel_subsample") == 128 and "prior_scales" not in r):
                 groups[f"dwp ({r['prior_dir']})"].append(r)
+            elif r["method"] == "fitted-gaussian" and r.get("kernels") in fitted:
+                groups[f"fitted-gaussian ({r['kernels']})"].append(r)
     return groups
 
 
@@ -56,19 +60,21 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dwp", nargs="+", default=["runs/prior-cpu3"],
                     help="prior folders whose dwp runs to show (as recorded in the rows)")
+    ap.add_argument("--fitted", nargs="*", default=[],
+                    help="kernel sets whose fitted-Gaussian runs to show (as recorded)")
     ap.add_argument("--out", type=Path, default=None, help="PNG to write")
     args = ap.parse_args()
 
-    groups = {k: by_size(k, v) for k, v in load_rows(args.dwp).items()}
+    groups = {k: by_size(k, v) for k, v in load_rows(args.dwp, args.fitted).items()}
     sizes = sorted({n for s in groups.values() for n in s})
     print("| method | " + " | ".join(f"N = {n}" for n in sizes) + " |")
     print("|---" * (len(sizes) + 1) + "|")
     for label, s in groups.items():
-        key = "dwp" if label.startswith("dwp") else label
+        key = label.split(" (")[0]
         cells = []
         for n in sizes:
             paper = (f" (paper {PAPER_FIG2[key][PAPER_FIG2['sizes'].index(n)]:.3f})"
-                     if n in PAPER_FIG2["sizes"] else "")
+                     if n in PAPER_FIG2["sizes"] and key in PAPER_FIG2 else "")
             if n not in s:
                 cells.append("-")
             else:  # one seed has no spread to show
@@ -85,11 +91,13 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         colors = {"log-uniform": "C2", "standard-normal": "C1", "deterministic": "C8"}
         dwp_colors = iter(["C0", "C9", "C4", "C5", "C3"])
+        fitted_colors = iter(["C6", "C7"])
         for label, s in groups.items():
             if not s:
                 continue
             ns = sorted(s)
-            color = colors[label] if label in colors else next(dwp_colors, "C7")
+            color = (colors[label] if label in colors else next(fitted_colors, "C7")
+                     if label.startswith("fitted") else next(dwp_colors, "C7"))
             ax.errorbar(ns, [s[n][0] for n in ns], yerr=[s[n][1] for n in ns], marker="o",
                         capsize=3, color=color, label=f"{label}, ours (CPU)")
         for key, color in (("dwp", "C0"), ("log-uniform", "C2"), ("standard-normal", "C1"),

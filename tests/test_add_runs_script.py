@@ -8,18 +8,19 @@ import sys
 import pytest
 
 
-def _run(folder, seed, prior_dir=None):
+def _run(folder, seed, prior_dir=None, kernels=None):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps(
         {"method": "dwp", "n": 50, "seed": seed, "accuracy": 0.7 + seed / 100,
          "layers": {"conv1": {}}, "model_path": "/tmp/x"}))
-    (folder / "config.json").write_text(json.dumps({"config": {"prior_dir": prior_dir}}))
+    (folder / "config.json").write_text(json.dumps(
+        {"config": {"prior_dir": prior_dir, "kernels": kernels}}))
     return folder
 
 
 def test_rows_appended_once_without_bulky_keys(benchmark_script, tmp_path, monkeypatch):
     mod = benchmark_script("add_runs")
-    a, b = _run(tmp_path / "a", 0, "runs/prior-x"), _run(tmp_path / "b", 1)
+    a, b = _run(tmp_path / "a", 0, "runs/prior-x"), _run(tmp_path / "b", 1, kernels="runs/k")
     target = tmp_path / "results.jsonl"
     for runs in ([a], [a, b]):  # the second call adds b only
         monkeypatch.setattr(sys, "argv", ["add_runs", str(target), *map(str, runs),
@@ -28,6 +29,7 @@ def test_rows_appended_once_without_bulky_keys(benchmark_script, tmp_path, monke
     rows = [json.loads(line) for line in target.read_text().splitlines()]
     assert [r["run"] for r in rows] == [str(a), str(b)]
     assert rows[0]["prior_dir"] == "runs/prior-x" and rows[1]["prior_dir"] is None
+    assert "kernels" not in rows[0] and rows[1]["kernels"] == "runs/k"  # fitted-Gaussian source
     assert all("layers" not in r and "model_path" not in r and r["note"] == "test" for r in rows)
     assert rows[1]["accuracy"] == pytest.approx(0.71)
 
