@@ -339,6 +339,10 @@ def test_parse_widths_and_bad_config():
         SourceConfig(widths=[8]).resolved()
     with pytest.raises(DwpError, match="unknown architecture"):
         SourceConfig(arch="resnet").resolved()
+    # widths default to the dataset's source net, or to another architecture's own widths
+    assert SourceConfig(dataset="cifar100").resolved().widths == [128, 256, 256, 512]
+    assert SourceConfig(dataset="cifar10", arch="cifar").resolved().widths == [128, 256, 256]
+    assert SourceConfig(dataset="notmnist").resolved().widths == [256, 512]
     with pytest.raises(DwpError, match="unknown convolution implementation"):
         BatchedModel(_fconv_factory, [0], conv_impl="winograd")
 

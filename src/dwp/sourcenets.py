@@ -18,6 +18,7 @@ the official test set); it is only reported, never used to choose anything.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from dwp.batched import (
 )
 from dwp.convimpl import CONV_IMPLS
 from dwp.nets import (
+    ARCHS,
     CIFAR_SOURCE_WIDTHS,
     FCONV_SOURCE_WIDTHS,
     build_net,
@@ -107,7 +109,14 @@ class SourceConfig:
         d = DATASET_DEFAULTS[self.dataset]
         cfg = SourceConfig(**asdict(self))
         cfg.arch = cfg.arch or d["arch"]
-        cfg.widths = list(cfg.widths) if cfg.widths else list(d["widths"])
+        if cfg.arch not in ARCHS:
+            raise DwpError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
+        if cfg.widths:
+            cfg.widths = list(cfg.widths)
+        elif cfg.arch == d["arch"]:  # the dataset's source net: its source widths
+            cfg.widths = list(d["widths"])
+        else:  # another architecture: its own default widths
+            cfg.widths = list(inspect.signature(ARCHS[cfg.arch]).parameters["widths"].default)
         cfg.epochs = cfg.epochs if cfg.epochs is not None else d["epochs"]
         cfg.l2 = cfg.l2 if cfg.l2 is not None else d["l2"]
         for name, value in (("nets", cfg.nets), ("epochs", cfg.epochs), ("batch size",
