@@ -337,11 +337,12 @@ def experiment_classification(
     done = {(r["method"], r["n"], r["seed"]) for r in read_jsonl(results)}
     todo = [(m, n, s) for n in size_list for m in method_list for s in seed_list
             if (m, n, s) not in done]
-    typer.echo(f"{len(done)} runs done, {len(todo)} to go -> {results}", err=True)
-    # one unit of work: a single run, or every missing seed of a Bayesian (method, N) cell
+    # one unit of work: a single run, or cells of one method trained together (batch_seeds)
     if batch_seeds is None:
         batch_seeds = dev.type == "cuda"
     units = training_units(todo, batch_seeds, batch_sizes_up_to)
+    typer.echo(f"{len(done)} runs done, {len(todo)} to go in {len(units)} training(s) "
+               f"-> {results}", err=True)
     common = {"train_data": train, "test_data": test, "steps": steps, "device": dev,
               "kernel_subsample": kernel_subsample, "freeze_reverse": freeze_reverse,
               "ensemble": ensemble, "conv_impl": conv_impl, "precision": precision}
