@@ -434,6 +434,12 @@ def l2_penalty(params: dict[str, torch.Tensor], keys: Iterable[str]) -> torch.Te
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_precision(precision: str) -> None:
+    """Raise ``DwpError`` unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 @contextmanager
 def autocast_for(precision: str, device: torch.device, cache: bool = True) -> Iterator[None]:
     """Autocast the block's forward pass to bfloat16 for ``"bf16"``; nothing otherwise.

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dwp.batched import PRECISIONS, autocast_for, tf32_for
+from dwp.batched import autocast_for, check_precision, tf32_for
 from dwp.bayes import bayes_layers, elbo_loss, kl, predict
 from dwp.metrics import classification_metrics
 from dwp.runtime import DwpError, progress
@@ -140,12 +140,6 @@ class _TrainingCheckpoint:
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.path, buf.getvalue())
-
-
-def check_precision(precision: str) -> None:
-    """Raise ``DwpError`` unless ``precision`` is one of :data:`dwp.batched.PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def data_logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from dwp.batched import tf32_for
+from dwp.batched import check_precision, tf32_for
 from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
-from dwp.bnn import check_precision, data_logits, resolve_batch_size
+from dwp.bnn import data_logits, resolve_batch_size
 from dwp.runtime import DwpError, progress
 
 #: Steps between checks that the losses are finite (each check waits for the device).
@@ -251,21 +251,17 @@ def _train_stacked(
     frozen = {k: v.detach() for k, v in params.items() if not v.requires_grad}
     base = copy.deepcopy(wrappers[0])
 
-    def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
-        return functional_call(base, ({**p, **b}), (xb, yb, ind or None))
+    extra = () if mask is None else (mask,)  # each net's mask rides along with its data
 
-    def one_masked(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict,
-                   mb: torch.Tensor) -> torch.Tensor:
-        return functional_call(base, ({**p, **b}), (xb, yb, ind or None, mb))
+    def one(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict,
+            *mb: torch.Tensor) -> torch.Tensor:
+        return functional_call(base, ({**p, **b}), (xb, yb, ind or None, *mb))
 
     in_x = None if shared else 0
-    if mask is None:
-        f = vmap(one, in_dims=(0, 0, in_x, in_x, None), randomness=randomness)
-    else:
-        fm = vmap(one_masked, in_dims=(0, 0, 0, 0, None, 0), randomness=randomness)
+    fv = vmap(one, in_dims=(0, 0, in_x, in_x, None, *(0,) * len(extra)), randomness=randomness)
 
-        def f(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
-            return fm(p, b, xb, yb, ind, mask)
+    def f(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor, ind: dict) -> torch.Tensor:
+        return fv(p, b, xb, yb, ind, *extra)
     # capturable Adam keeps its step counts on the device and takes the lr as a device tensor
     capturable = (use_graph if capturable_adam is None else capturable_adam) and (
         device.type == "cuda")

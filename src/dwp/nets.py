@@ -18,6 +18,7 @@ the paper's widths (rounded, at least 1 channel), as the random-feature experime
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -216,6 +217,18 @@ def xavier_init_(module: nn.Module) -> nn.Module:
 ARCHS = {"fconv": FConvMNIST, "cifar-source": CIFARSourceNet, "cifar": CIFARNet}
 
 
+def _arch_class(arch: str) -> type[nn.Module]:
+    """The class of an architecture name; ``DwpError`` for an unknown one."""
+    if arch not in ARCHS:
+        raise DwpError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def default_widths(arch: str) -> tuple[int, ...]:
+    """The conv widths an architecture takes when none are given (its ``widths`` default)."""
+    return tuple(inspect.signature(_arch_class(arch)).parameters["widths"].default)
+
+
 def build_net(
     arch: str,
     widths: Sequence[int] | None = None,
@@ -227,8 +240,7 @@ def build_net(
 
     ``None`` arguments take the architecture's defaults. Raises ``DwpError`` for an unknown name.
     """
-    if arch not in ARCHS:
-        raise DwpError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+    cls = _arch_class(arch)
     kw: dict = {"width_factor": width_factor}
     if widths is not None:
         kw["widths"] = tuple(widths)
@@ -236,7 +248,7 @@ def build_net(
         kw["in_channels"] = in_channels
     if num_classes is not None:
         kw["num_classes"] = num_classes
-    return ARCHS[arch](**kw)
+    return cls(**kw)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -18,7 +18,6 @@ the official test set); it is only reported, never used to choose anything.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from collections.abc import Callable
@@ -31,19 +30,19 @@ import torch
 
 from dwp import __version__
 from dwp.batched import (
-    PRECISIONS,
     BatchedModel,
     BatchedTrainer,
     _seed_int,
+    check_precision,
     cudnn_autotune,
     evaluate_accuracy,
 )
 from dwp.convimpl import CONV_IMPLS
 from dwp.nets import (
-    ARCHS,
     CIFAR_SOURCE_WIDTHS,
     FCONV_SOURCE_WIDTHS,
     build_net,
+    default_widths,
     xavier_init_,
 )
 from dwp.runtime import (
@@ -109,14 +108,12 @@ class SourceConfig:
         d = DATASET_DEFAULTS[self.dataset]
         cfg = SourceConfig(**asdict(self))
         cfg.arch = cfg.arch or d["arch"]
-        if cfg.arch not in ARCHS:
-            raise DwpError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
         if cfg.widths:
             cfg.widths = list(cfg.widths)
         elif cfg.arch == d["arch"]:  # the dataset's source net: its source widths
             cfg.widths = list(d["widths"])
         else:  # another architecture: its own default widths
-            cfg.widths = list(inspect.signature(ARCHS[cfg.arch]).parameters["widths"].default)
+            cfg.widths = list(default_widths(cfg.arch))
         cfg.epochs = cfg.epochs if cfg.epochs is not None else d["epochs"]
         cfg.l2 = cfg.l2 if cfg.l2 is not None else d["l2"]
         for name, value in (("nets", cfg.nets), ("epochs", cfg.epochs), ("batch size",
@@ -125,9 +122,7 @@ class SourceConfig:
                 raise DwpError(f"--{name.replace(' ', '-')} must be >= 1, got {value}")
         if cfg.lr <= 0 or cfg.l2 < 0:
             raise DwpError(f"need --lr > 0 and --l2 >= 0, got lr={cfg.lr}, l2={cfg.l2}")
-        if cfg.precision not in PRECISIONS:
-            raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, "
-                           f"got {cfg.precision!r}")
+        check_precision(cfg.precision)
         if cfg.augment_shift < 0:
             raise DwpError(f"--augment-shift must be >= 0 pixels, got {cfg.augment_shift}")
         if cfg.conv_impl not in CONV_IMPLS:

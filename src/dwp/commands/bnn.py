@@ -104,13 +104,8 @@ def train_bnn(
 ) -> None:
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
-    from dwp.bnn import (
-        canonical_spec,
-        check_precision,
-        parse_prior_spec,
-        resolve_priors,
-        run_classification,
-    )
+    from dwp.batched import check_precision
+    from dwp.bnn import canonical_spec, parse_prior_spec, resolve_priors, run_classification
     from dwp.data import class_balanced_subset, load_dataset
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
@@ -277,9 +272,9 @@ def experiment_classification(
     show_progress: bool = Progress,
 ) -> None:
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
+    from dwp.batched import check_precision
     from dwp.bnn import (
         canonical_method,
-        check_precision,
         plot_accuracy,
         resolve_priors,
         run_classification,

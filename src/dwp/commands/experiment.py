@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from dwp.commands.options import DataRoot, Device, Download, Progress, as_path
+from dwp.commands.options import (
+    DataRoot,
+    Device,
+    Download,
+    Progress,
+    as_path,
+    check_at_least_one,
+)
 from dwp.runtime import DwpError
 
 app = typer.Typer(
@@ -36,10 +43,9 @@ def _methods(text: str) -> tuple[str, ...]:
 
 def _override(cfg, **values: int | None) -> None:
     """Set the given positive integer options on ``cfg``; ``None`` keeps the config's value."""
+    check_at_least_one(**values)
     for name, value in values.items():
         if value is not None:
-            if value < 1:
-                raise DwpError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
             setattr(cfg, name, value)
 
 
