@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # reflow docstring paragraphs to the terminal width
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -49,6 +50,7 @@ def _root(
 app.add_typer(data_cmd.app, name="data", help="Inspect the datasets dwp reads.")
 app.command("train-source", **source_cmd.COMMAND)(source_cmd.train_source)
 app.command("collect-kernels", **kernels_cmd.COMMAND)(kernels_cmd.collect_kernels_cmd)
+app.command("merge-kernels", **kernels_cmd.MERGE_COMMAND)(kernels_cmd.merge_kernels_cmd)
 app.command("train-prior", **priors_cmd.TRAIN_COMMAND)(priors_cmd.train_prior)
 app.command("sample-prior", **priors_cmd.SAMPLE_COMMAND)(priors_cmd.sample_prior)
 app.command("train-bnn", **bnn_cmd.COMMAND)(bnn_cmd.train_bnn)

@@ -5,7 +5,9 @@ k x k kernels. Then, per layer:
 
 1. **Split by net**: the run's nets are shuffled with ``seed`` and the last
    ``round(test_fraction * n)`` (at least 1 when there are >= 2 nets) go to ``test``; no net
-   contributes to both sides.
+   contributes to both sides. Nets are named by their index in the source series
+   (``nets.json`` ``net_index``: ``--first-net`` onwards), so kernel sets of runs that split
+   one series can be merged (:mod:`dwp.kernelmerge`).
 2. **Prune**: kernels whose Frobenius (L2) norm is below ``threshold`` are dropped; they have no
    influence on predictions (L2-regularised training drives unused kernels to ~0) but make a
    generative model's job harder (paper, Section 4). ``DEFAULT_THRESHOLD`` is 1e-2: compare the
@@ -130,12 +132,17 @@ def select_layer(
     threshold: float,
     cap: int | None,
     seed: int,
+    net_index: list[int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split, prune and cap one layer's stacked weights (n, out, in, k, k).
 
+    ``net_index[i]`` is the id of stacked net ``i`` (default ``i``), the id that
+    ``train_nets`` / ``test_nets`` and the saved ``*_net`` tensors use.
     Returns (tensors for the kernel file, counts/statistics for its metadata).
     """
     kernels, nets = flatten_kernels(weight.detach().float().cpu())
+    if net_index is not None:
+        nets = torch.as_tensor(net_index, dtype=torch.int64)[nets]
     norms = kernels.flatten(1).norm(dim=1)
     keep = norms >= threshold
     tensors: dict[str, torch.Tensor] = {}
@@ -230,14 +237,20 @@ def collect_kernels(
             raise DwpError(f"unknown layers {unknown}: the run has {', '.join(convs)}")
         convs = {k: v for k, v in convs.items() if k in layers}
     n = next(iter(tensors.values())).shape[0]
-    train_nets, test_nets = split_nets(n, test_fraction, seed)
+    net_index = [int(i) for i in meta.get("net_index", range(n))]
+    if len(net_index) != n:
+        raise DwpError(f"source run {run}: nets.json lists {len(net_index)} net indices for "
+                       f"{n} stacked nets; the run folder is inconsistent")
+    local_train, local_test = split_nets(n, test_fraction, seed)
+    train_nets = [net_index[i] for i in local_train]
+    test_nets = [net_index[i] for i in local_test]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for li, (name, key) in enumerate(convs.items()):
         weight = tensors[key]
         layer_tensors, info = select_layer(
-            weight, train_nets, test_nets, threshold, cap, _seed_int(seed, li)
+            weight, train_nets, test_nets, threshold, cap, _seed_int(seed, li), net_index
         )
         if "train" not in layer_tensors or layer_tensors["train"].shape[0] == 0:
             raise DwpError(
@@ -254,6 +267,8 @@ def collect_kernels(
             "source_arch": meta.get("arch"),
             "source_widths": meta.get("widths"),
             "source_nets": n,
+            "source_seeds": meta.get("seeds"),
+            "source_config": meta.get("config"),
             "source_mean_heldout_acc": meta.get("mean_heldout_acc"),
             "layer": name,
             "weight_key": key,

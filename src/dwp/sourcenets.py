@@ -10,7 +10,8 @@ A source run folder (``dwp train-source --out RUN``) holds:
   once the final nets are saved;
 - ``nets.safetensors``: the final nets, one stacked tensor per state-dict entry, shape
   (n_nets, *shape) (e.g. ``features.conv1.weight`` (n, 256, 1, 7, 7));
-- ``nets.json``: architecture, widths, seeds, dataset, per-net held-out accuracy and summary.
+- ``nets.json``: architecture, widths, seeds, each net's index in the series (``net_index``,
+  from ``--first-net``), dataset, per-net held-out accuracy and summary.
 
 The held-out set is the dataset's ``test`` split (notMNIST: the seeded stratified 1,000; CIFAR-100:
 the official test set); it is only reported, never used to choose anything.
@@ -82,6 +83,7 @@ class SourceConfig:
     widths: list[int] | None = None
     width_factor: float = 1.0
     nets: int = 100
+    first_net: int = 0
     epochs: int | None = None
     lr: float = 1e-3
     l2: float | None = None
@@ -120,6 +122,8 @@ class SourceConfig:
                             cfg.batch_size), ("checkpoint-every", cfg.checkpoint_every)):
             if value < 1:
                 raise DwpError(f"--{name.replace(' ', '-')} must be >= 1, got {value}")
+        if cfg.first_net < 0:
+            raise DwpError(f"--first-net must be >= 0, got {cfg.first_net}")
         if cfg.lr <= 0 or cfg.l2 < 0:
             raise DwpError(f"need --lr > 0 and --l2 >= 0, got lr={cfg.lr}, l2={cfg.l2}")
         check_precision(cfg.precision)
@@ -140,16 +144,28 @@ class SourceConfig:
             build_net(cfg.arch, cfg.widths, width_factor=cfg.width_factor)
         return cfg
 
+    def net_indices(self) -> list[int]:
+        """Index of each net in the series ``seed`` defines: ``first_net, first_net + 1, ...``."""
+        return list(range(self.first_net, self.first_net + self.nets))
+
     def net_seeds(self) -> list[int]:
-        """Seed of each net (init and data order), derived from ``seed``."""
-        return [_seed_int(self.seed, i) for i in range(self.nets)]
+        """Seed of each net (init and data order), derived from ``seed`` and the net's index.
+
+        Net ``i`` of the series is the same net whatever run trains it, so ``--nets 50
+        --first-net 0`` and ``--nets 50 --first-net 50`` train the 100 nets of ``--nets 100``
+        (to float rounding) in two runs, e.g. on two machines.
+        """
+        return [_seed_int(self.seed, i) for i in self.net_indices()]
 
     def record(self) -> dict[str, Any]:
-        """The config as written to ``config.json`` (``precision`` and ``augment_shift`` only
-        when not at their defaults, so run folders made before those options existed still
-        resume; ``conv_impl`` may change on resumption anyway, see ``RESUME_FREE_KEYS``)."""
+        """The config as written to ``config.json`` (``precision``, ``augment_shift`` and
+        ``first_net`` only when not at their defaults, so run folders made before those options
+        existed still resume; ``conv_impl`` may change on resumption anyway, see
+        ``RESUME_FREE_KEYS``)."""
         out = asdict(self)
         out.pop("extra")
+        if not out["first_net"]:
+            out.pop("first_net")
         if out["precision"] == "fp32":
             out.pop("precision")
         if not out["augment_shift"]:
@@ -305,6 +321,8 @@ def train_source_nets(
         "in_channels": int(x_tr.shape[1]),
         "num_classes": int(num_classes),
         "nets": cfg.nets,
+        "first_net": cfg.first_net,
+        "net_index": cfg.net_indices(),
         "seeds": model.seeds,
         "epochs": cfg.epochs,
         "heldout_acc": acc,

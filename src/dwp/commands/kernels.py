@@ -53,3 +53,44 @@ def collect_kernels_cmd(
             f"{tr['count_saved']} ({len(tr['nets'])} nets), test {te.get('count_saved', 0)} "
             f"({len(te.get('nets', []))} nets) -> {out}/{name}.safetensors"
         )
+
+
+MERGE_COMMAND = {"short_help": "Join kernel sets of runs that split one source series."}
+
+
+def merge_kernels_cmd(
+    parts: list[Path] = typer.Argument(
+        ..., help="Kernel-set folders written by 'dwp collect-kernels' (two or more)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Kernel-set folder to write."),
+    cap: int = typer.Option(
+        DEFAULT_CAP, "--cap",
+        help="Keep at most this many kernels per layer and split: each part gives a seeded "
+        "subsample in proportion to its kernel count after pruning; 0 = all.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cap's subsample and the PNG."),
+) -> None:
+    """Merge the kernel sets of source runs that split one series of nets.
+
+    A long source run can be split across machines: 'dwp train-source --nets 50 --first-net 0'
+    on one and '--first-net 50' (same other flags) on another train the 100 nets of '--nets
+    100'. Collect each run's kernels there, bring the kernel sets back, and merge them here.
+    The parts must come from one series (same dataset, architecture, widths and training
+    settings), share their layers and pruning threshold, and share no net. Each part's own
+    split by net is kept. OUT gets NAME.safetensors, NAME.json (summed counts, each part's
+    record under 'parts') and NAME.png per layer, as 'dwp collect-kernels' writes.
+
+    Example: dwp merge-kernels runs/kernels-a runs/kernels-b --out runs/kernels-notmnist
+    """
+    from dwp.kernelmerge import merge_kernel_sets
+
+    summary = merge_kernel_sets(
+        [as_path(p) for p in parts], as_path(out), cap=cap or None, seed=seed
+    )
+    for name, rec in summary.items():
+        tr, te = rec["train"], rec.get("test", {})
+        typer.echo(
+            f"{name}: {len(parts)} sets, {rec['source_nets']} nets; saved train "
+            f"{tr['count_saved']} ({len(tr['nets'])} nets), test {te.get('count_saved', 0)} "
+            f"({len(te.get('nets', []))} nets) -> {out}/{name}.safetensors"
+        )

@@ -52,7 +52,7 @@ def train_prior(
     kernels: Path = typer.Argument(
         ..., help="A kernel-set folder (every layer is trained) or one .safetensors/.npy file."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder PRIOR (PRIOR/<layer>/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder PRIOR (PRIOR/LAYER/)."),
     test: Path | None = typer.Option(
         None, "--test", help="Held-out kernels (folder or file; its 'test' tensor if present, "
         "else all of it). Default: the 'test' tensor of each training file, if any."
@@ -86,7 +86,7 @@ def train_prior(
 ) -> None:
     """Fit a kernel prior per conv layer and score it on held-out kernels.
 
-    Writes PRIOR/<layer>/ (prior.safetensors, prior.json, history.jsonl, metrics.json) and
+    Writes PRIOR/LAYER/ (prior.safetensors, prior.json, history.jsonl, metrics.json) and
     PRIOR/metrics.json: per layer train/test ELBO, test IWAE for each K and the test
     log-likelihood of a fitted full-covariance and isotropic Gaussian (nats per kernel).
     Layers already finished in PRIOR are skipped, so a rerun resumes.
@@ -194,9 +194,9 @@ def _summary(name: str, m: dict) -> str:
 
 
 def sample_prior(
-    prior: Path = typer.Argument(..., help="A prior folder (PRIOR or PRIOR/<layer>)."),
+    prior: Path = typer.Argument(..., help="A prior folder (PRIOR or PRIOR/LAYER)."),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="PNG to write; with several layers FILE-<layer>.png each."
+        ..., "--out", "-o", help="PNG to write; with several layers FILE-LAYER.png each."
     ),
     n: int = typer.Option(64, "--n", help="Number of kernels to sample (and to show real)."),
     kernels: Path | None = typer.Option(

@@ -52,6 +52,12 @@ def train_source(
     ),
     width_factor: float = typer.Option(1.0, "--width-factor", help="Multiply every conv width."),
     nets: int = typer.Option(100, "--nets", help="Number of source nets (each its own seed)."),
+    first_net: int = typer.Option(
+        0, "--first-net",
+        help="Index of this run's first net in the series --seed defines: '--nets 50 "
+        "--first-net 50' trains nets 50-99 of '--nets 100', so a long run can be split across "
+        "machines (then 'dwp merge-kernels' joins their kernel sets).",
+    ),
     epochs: int | None = typer.Option(
         None, "--epochs", help="Epochs (default: 100 notMNIST, 300 CIFAR-100, as in the paper)."
     ),
@@ -114,7 +120,7 @@ def train_source(
     """
     cfg = SourceConfig(
         dataset=dataset, arch=arch, widths=parse_widths(widths, list(ctx.args)),
-        width_factor=width_factor, nets=nets, epochs=epochs, lr=lr, l2=l2,
+        width_factor=width_factor, nets=nets, first_net=first_net, epochs=epochs, lr=lr, l2=l2,
         batch_size=batch_size, seed=seed, train_examples=train_examples,
         chunk_size=chunk_size, precision=precision, conv_impl=conv_impl,
         augment_shift=augment_shift, checkpoint_every=checkpoint_every,
