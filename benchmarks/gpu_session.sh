@@ -33,9 +33,12 @@
 #     then one training per size (what --batch-sizes-up-to saves);
 #  8. profile; 9. priors (VAE training speed); 10. extra: with the time left, more paper-width
 #     source nets (seed 2) and their kernel sets.
+#  series (not in the default order): a slice of the 100-net series, for issue 4's 100-net run
+#     split across sessions, e.g. STAGES=series SERIES_FIRST=0 PER_NET=10 in one session and
+#     SERIES_FIRST=<next index> in the next; here, 'dwp merge-kernels' joins their kernel sets.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph bnnconv detgrid grid gridfull sizes profile priors extra; default: graph impl
+# src100x2 graph bnnconv detgrid grid gridfull sizes profile priors extra series; default: graph impl
 # src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors extra); MAX10=SECONDS caps the
 # projected time of the 10 x 100-epoch row; IMPL_MODES sets the source_nets.py modes of the
 # impl stage; PROFILE_ARGS adds arguments to profile_source_step.py.
@@ -132,7 +135,8 @@ else
   # indices: under the 16 MiB a file may bring back
   cap=(--cap 40000)
   limits=(60 100 80 100); full_epochs=100
-  per_net=23    # fallback; H200 2026-11-27: 10 nets x 100 epochs took 223 s
+  per_net=${PER_NET:-23}  # fallback; H200 2026-11-27: 10 nets x 100 epochs took 223 s (H100
+                         # 2026-11-28 with mixed: 95 s, so PER_NET=10 there)
   max10=${MAX10:-150}  # run the 10-net x 100-epoch row only if projected to take <= this
 fi
 
@@ -152,18 +156,19 @@ if v['mode'].startswith('batched')}; \
 m = min(t, key=t.get); print(m.split('-', 1)[1] if '-' in m else 'native')" "$1" 2>/dev/null
 }
 
-source_run() {  # source_run NAME NETS SEED: train-source + collect-kernels + pack
-  local name=$1 nets=$2 seed=$3 args=("${src_args[@]}")
+source_run() {  # source_run NAME NETS SEED [FIRST]: train-source + collect-kernels + pack
+  local name=$1 nets=$2 seed=$3 first=${4:-0} args=("${src_args[@]}")
   [ "$smoke" = 1 ] || args+=(--nets "$nets")
   stage "source-$name" $(( per_net * nets * 13 / 10 + 40 )) "${DWP[@]}" train-source \
-    "${args[@]}" --seed "$seed" --device "$dev" --precision bf16 --conv-impl "$impl" \
+    "${args[@]}" --seed "$seed" --first-net "$first" --device "$dev" --precision bf16 \
+    --conv-impl "$impl" \
     --no-progress --checkpoint-every 1000 --out "$WORK/src-$name" &&
   stage "kernels-$name" 40 "${DWP[@]}" collect-kernels "$WORK/src-$name" "${cap[@]}" \
     --out "$WORK/kernels-src-$name" &&
   pack "src-$name.tar" "src-$name" "kernels-src-$name"
 }
 
-impl=native; mode_of_impl=batched
+impl=${IMPL:-auto}; mode_of_impl=batched  # auto: mixed on CUDA (fastest on the H100, 2026-11-28)
 stage_impl() {  # 10 nets x 2 epochs, each implementation (and one at a time: the ratio issue 4
   # asks for); the fastest batched one is used from then on
   stage source10-impl 120 "$PY" benchmarks/source_nets.py "${impl_cmp[@]}" \
@@ -258,6 +263,22 @@ stage_extra() {  # more source nets with what is left, sized from the measured t
     source_run extra "$extra" 2
   else
     echo "== source-extra: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
+  fi
+}
+
+stage_series() {  # a slice of one 100-net series (issue 4's 100-net run, split across
+  # sessions): nets SERIES_FIRST .. of series seed SERIES_SEED; SERIES_NETS nets, or as many as
+  # the budget fits. Later sessions continue at the next index; 'dwp merge-kernels' joins the
+  # kernel sets brought back.
+  local first=${SERIES_FIRST:-0} nets=${SERIES_NETS:-}
+  if [ -z "$nets" ]; then
+    nets=$(( ($(left) - 60) * 10 / 13 / per_net ))
+    (( nets > 100 - first )) && nets=$(( 100 - first ))
+  fi
+  if (( nets >= 1 )); then
+    source_run "series-s${SERIES_SEED:-0}-f$first-n$nets" "$nets" "${SERIES_SEED:-0}" "$first"
+  else
+    echo "== source-series: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
   fi
 }
 
