@@ -123,6 +123,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, run, capsys):
         collect_kernels(folder, tmp_path / "k2", layers=["conv9"])
     with pytest.raises(DwpError, match="lower --threshold"):
         collect_kernels(folder, tmp_path / "k3", threshold=1e6)
+    assert not (tmp_path / "k3").exists()  # no half-written kernel set
     with pytest.raises(DwpError, match="shape"):
         as_kernels(np.zeros((10, 5)))
     bad = tmp_path / "bad.npy"

@@ -244,9 +244,7 @@ def collect_kernels(
     local_train, local_test = split_nets(n, test_fraction, seed)
     train_nets = [net_index[i] for i in local_train]
     test_nets = [net_index[i] for i in local_test]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {}
+    selected = {}  # every layer is selected (and checked) before anything is written
     for li, (name, key) in enumerate(convs.items()):
         weight = tensors[key]
         layer_tensors, info = select_layer(
@@ -258,7 +256,12 @@ def collect_kernels(
             )
         if "test" in layer_tensors and layer_tensors["test"].shape[0] == 0:
             raise DwpError(f"layer {name}: every test kernel was pruned: lower --threshold")
-        k = int(weight.shape[-1])
+        selected[name] = (key, weight.shape, layer_tensors, info)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name, (key, shape, layer_tensors, info) in selected.items():
+        k = int(shape[-1])
         record = {
             "kind": "dwp-kernel-set",
             "dwp_version": __version__,
@@ -272,8 +275,8 @@ def collect_kernels(
             "source_mean_heldout_acc": meta.get("mean_heldout_acc"),
             "layer": name,
             "weight_key": key,
-            "weight_shape": list(weight.shape[1:]),
-            "kernel_size": [int(weight.shape[-2]), k],
+            "weight_shape": list(shape[1:]),
+            "kernel_size": [int(shape[-2]), k],
             "threshold": threshold,
             "cap": cap,
             "test_fraction": test_fraction,
