@@ -31,15 +31,15 @@
 #     whole grid's time; then the sn and det N = 1000 cells with the data term in bf16;
 #  7b. sizes: the sn cells of N = 50, 100, 200 (10 seeds, 500 steps) in one padded training,
 #     then one training per size (what --batch-sizes-up-to saves);
-#  8. profile; 9. priors (VAE training speed); 10. extra: with the time left, more paper-width
-#     source nets (seed 2) and their kernel sets.
-#  series (not in the default order): a slice of the 100-net series, for issue 4's 100-net run
-#     split across sessions, e.g. STAGES=series SERIES_FIRST=0 PER_NET=10 in one session and
-#     SERIES_FIRST=<next index> in the next; here, 'dwp merge-kernels' joins their kernel sets.
+#  8. profile; 9. priors (VAE training speed); 10. series: with the time left, the next slice of
+#     the 100-net paper-width series (issue 4's 100-net run, split across sessions: nets
+#     SERIES_FIRST.., default 0, as many as fit or SERIES_NETS) and its kernel sets; a session
+#     that continues the series sets SERIES_FIRST to the next index (STAGES=series PER_NET=10
+#     alone runs only that), and 'dwp merge-kernels' joins the kernel sets here.
 #
 # STAGES="impl src10x100 graph" runs only those stages, in that order (names: impl src10x100
-# src100x2 graph bnnconv detgrid grid gridfull sizes profile priors extra series; default: graph impl
-# src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors extra); MAX10=SECONDS caps the
+# src100x2 graph bnnconv detgrid grid gridfull sizes profile priors series; default: graph impl
+# src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors series); MAX10=SECONDS caps the
 # projected time of the 10 x 100-epoch row; IMPL_MODES sets the source_nets.py modes of the
 # impl stage; PROFILE_ARGS adds arguments to profile_source_step.py.
 #
@@ -256,16 +256,6 @@ stage_priors() {
   stage priors "${limits[3]}" "$PY" benchmarks/priors.py "${pri[@]}" --device "$dev" \
     --out "$OUT/priors.json"
 }
-stage_extra() {  # more source nets with what is left, sized from the measured time per net
-  local extra=$(( ($(left) - 60) * 10 / 13 / per_net ))
-  (( extra > 90 )) && extra=90
-  if (( extra >= 2 )); then
-    source_run extra "$extra" 2
-  else
-    echo "== source-extra: skipped ($(left) s left, ${per_net} s per net)" | tee -a "$LOG"
-  fi
-}
-
 stage_series() {  # a slice of one 100-net series (issue 4's 100-net run, split across
   # sessions): nets SERIES_FIRST .. of series seed SERIES_SEED; SERIES_NETS nets, or as many as
   # the budget fits. Later sessions continue at the next index; 'dwp merge-kernels' joins the
@@ -275,6 +265,7 @@ stage_series() {  # a slice of one 100-net series (issue 4's 100-net run, split 
     nets=$(( ($(left) - 60) * 10 / 13 / per_net ))
     (( nets > 100 - first )) && nets=$(( 100 - first ))
   fi
+  [ "$smoke" = 1 ] && nets=2  # smoke runs take src_args' 2 nets
   if (( nets >= 1 )); then
     source_run "series-s${SERIES_SEED:-0}-f$first-n$nets" "$nets" "${SERIES_SEED:-0}" "$first"
   else
@@ -282,7 +273,7 @@ stage_series() {  # a slice of one 100-net series (issue 4's 100-net run, split 
   fi
 }
 
-for s in ${STAGES:-graph impl src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors extra}; do
+for s in ${STAGES:-graph impl src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors series}; do
   "stage_$s"
 done
 echo "outputs in $OUT after $((SECONDS - T0)) s:" | tee -a "$LOG"; ls -la "$OUT" | tee -a "$LOG"
