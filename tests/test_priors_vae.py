@@ -311,8 +311,17 @@ def test_cli_warns_when_the_trained_vae_ignores_its_latent_code(tmp_path, capsys
     out = capsys.readouterr()
     assert "active z 0/2" in out.out
     assert "posterior collapse" in out.err
+    assert "training kernels for" not in out.err  # 128 kernels of 49 entries: enough
     metrics = json.loads((tmp_path / "p" / "k7" / "metrics.json").read_text())
     assert metrics["active_latent_dims"] == 0 and metrics["latent_dims"] == 2
+
+
+def test_train_prior_warns_about_too_few_kernels(tmp_path, capsys):
+    np.save(tmp_path / "k7.npy", _edges(30, 7, seed=3).numpy())
+    rc = main(["train-prior", str(tmp_path / "k7.npy"), "--family", "mvn", "--out",
+               str(tmp_path / "p"), "--no-progress"])
+    assert rc in (0, None)
+    assert "30 training kernels for 49-dimensional kernels" in capsys.readouterr().err
 
 
 def test_train_bnn_priors_warn_about_a_collapsed_vae(tmp_path, capsys):

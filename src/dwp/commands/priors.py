@@ -165,6 +165,14 @@ def train_prior(
         atomic_write_json(done, metrics)
         all_metrics[name] = metrics
         typer.echo(_summary(name, metrics))
+        dim = train.shape[-1] * train.shape[-2]
+        if train.shape[0] <= dim:
+            typer.echo(
+                f"warning: {name}: {train.shape[0]} training kernels for {dim}-dimensional "
+                "kernels: a full-covariance Gaussian fitted on them is singular (its 'mvn' "
+                "score means little), and a prior fitted on so few kernels is unreliable. "
+                "Collect kernels from more (or wider) source nets.", err=True,
+            )
         if metrics.get("active_latent_dims") == 0:
             typer.echo(
                 f"warning: {name}: the VAE uses none of its {metrics['latent_dims']} latent "
