@@ -46,13 +46,18 @@ def collect_kernels_cmd(
         test_fraction=test_fraction, seed=seed, layers=list(layer) if layer else None,
     )
     for name, rec in summary.items():
-        tr, te = rec["train"], rec.get("test", {})
         typer.echo(
             f"{name} {rec['kernel_size'][0]}x{rec['kernel_size'][1]}: {rec['count_total']} "
-            f"kernels, {rec['count_pruned']} pruned (norm < {rec['threshold']}); saved train "
-            f"{tr['count_saved']} ({len(tr['nets'])} nets), test {te.get('count_saved', 0)} "
-            f"({len(te.get('nets', []))} nets) -> {out}/{name}.safetensors"
+            f"kernels, {rec['count_pruned']} pruned (norm < {rec['threshold']}); "
+            f"{_saved(rec)} -> {out}/{name}.safetensors"
         )
+
+
+def _saved(rec: dict) -> str:
+    """'saved train N (n nets), test M (m nets)' from a kernel set's metadata."""
+    tr, te = rec["train"], rec.get("test", {})
+    return (f"saved train {tr['count_saved']} ({len(tr['nets'])} nets), test "
+            f"{te.get('count_saved', 0)} ({len(te.get('nets', []))} nets)")
 
 
 MERGE_COMMAND = {"short_help": "Join kernel sets of runs that split one source series."}
@@ -88,9 +93,5 @@ def merge_kernels_cmd(
         [as_path(p) for p in parts], as_path(out), cap=cap or None, seed=seed
     )
     for name, rec in summary.items():
-        tr, te = rec["train"], rec.get("test", {})
-        typer.echo(
-            f"{name}: {len(parts)} sets, {rec['source_nets']} nets; saved train "
-            f"{tr['count_saved']} ({len(tr['nets'])} nets), test {te.get('count_saved', 0)} "
-            f"({len(te.get('nets', []))} nets) -> {out}/{name}.safetensors"
-        )
+        typer.echo(f"{name}: {len(parts)} sets, {rec['source_nets']} nets; {_saved(rec)} -> "
+                   f"{out}/{name}.safetensors")
