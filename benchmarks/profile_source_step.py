@@ -13,6 +13,9 @@ process on the same random batch, one Adam step (forward + backward + update) of
   matrix product (``BatchedModel(conv_impl="unfold")``, ``dwp.convimpl``);
 - ``mixed-bf16-N``: im2col + matmul for the one-input-channel conv1 only, grouped convolution
   for conv2 (``conv_impl="mixed"``, what ``"auto"`` picks on CUDA);
+- ``batched-fp32-N``: the batched step in float32 (what CPU source runs use);
+- ``...-paperorder``: the same net with LeakyReLU before max-pool, the paper's order, against
+  dwp's pool-first feature stack (``dwp.nets.PoolFirstSequential``; same outputs);
 
 reports seconds per step, per net, and the achieved TFLOP/s (from the nets' multiply-adds), and
 writes the top CUDA (or CPU) kernels of the batched step from ``torch.profiler``.
@@ -56,9 +59,18 @@ def time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def plain_step(widths, x, y, precision: str, channels_last: bool):
+def fconv(widths, paper_order: bool = False) -> FConvMNIST:
+    """A Xavier-initialised FConvMNIST; ``paper_order`` runs its features as a plain
+    ``nn.Sequential`` (LeakyReLU, then max-pool) instead of dwp's pool-first stack."""
+    net = xavier_init_(FConvMNIST(tuple(widths)))
+    if paper_order:
+        net.features.__class__ = torch.nn.Sequential
+    return net
+
+
+def plain_step(widths, x, y, precision: str, channels_last: bool, paper_order: bool = False):
     """A closure doing one Adam step of one plain net."""
-    net = xavier_init_(FConvMNIST(tuple(widths))).to(x.device)
+    net = fconv(widths, paper_order).to(x.device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -75,11 +87,12 @@ def plain_step(widths, x, y, precision: str, channels_last: bool):
     return step
 
 
-def batched_step(widths, x, y, nets: int, conv_impl: str = "native"):
-    """A closure doing one step of ``nets`` nets through dwp.batched (bf16)."""
-    model = BatchedModel(lambda: xavier_init_(FConvMNIST(tuple(widths))), list(range(nets)),
+def batched_step(widths, x, y, nets: int, conv_impl: str = "native", precision: str = "bf16",
+                 paper_order: bool = False):
+    """A closure doing one step of ``nets`` nets through dwp.batched."""
+    model = BatchedModel(lambda: fconv(widths, paper_order), list(range(nets)),
                          device=x.device, conv_impl=conv_impl)
-    trainer = BatchedTrainer(model, l2=1e-3, chunk_size="auto", precision="bf16")
+    trainer = BatchedTrainer(model, l2=1e-3, chunk_size="auto", precision=precision)
     xb, yb = x.expand(nets, *x.shape), y.expand(nets, *y.shape)
     return lambda: trainer.step(xb, yb)
 
@@ -92,6 +105,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds over all variants, each timing --steps steps; the median "
+                         "round is reported (more than 1 keeps every variant in memory)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--variants", nargs="+", default=None,
                     help="time only these variants (names as printed, N = --nets); default all")
@@ -118,6 +134,16 @@ def main() -> None:
                                                           "unfold"), args.nets),
         f"mixed-bf16-{args.nets}": (lambda: batched_step(args.widths, x, y, args.nets,
                                                          "mixed"), args.nets),
+        "plain-fp32-paperorder": (lambda: plain_step(args.widths, x, y, "fp32", False, True), 1),
+        "plain-bf16-paperorder": (lambda: plain_step(args.widths, x, y, "bf16", False, True), 1),
+        f"mixed-bf16-{args.nets}-paperorder": (
+            lambda: batched_step(args.widths, x, y, args.nets, "mixed", paper_order=True),
+            args.nets),
+        f"batched-fp32-{args.nets}": (
+            lambda: batched_step(args.widths, x, y, args.nets, precision="fp32"), args.nets),
+        f"batched-fp32-{args.nets}-paperorder": (
+            lambda: batched_step(args.widths, x, y, args.nets, precision="fp32",
+                                 paper_order=True), args.nets),
     }
     if args.variants:
         unknown = set(args.variants) - set(variants)
@@ -127,15 +153,24 @@ def main() -> None:
     results = {}
     tf32_saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with cudnn_autotune(dev):
-        for name, (make, nets) in variants.items():
-            tf32 = name == "plain-tf32"
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-            step = make()
-            sec = time_steps(step, args.steps, args.warmup, dev)
+        steps_of, times = {}, {name: [] for name in variants}
+        for rnd in range(args.repeats):  # rounds over all variants: load drifts hit all alike
+            for name, (make, _) in variants.items():
+                tf32 = name == "plain-tf32"
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+                if name not in steps_of:
+                    steps_of[name] = make()
+                times[name].append(time_steps(steps_of[name], args.steps,
+                                              args.warmup if rnd == 0 else 0, dev))
+                if args.repeats == 1:
+                    del steps_of[name]  # one round: free each variant's memory as before
+        for name, (_, nets) in variants.items():
+            sec = sorted(times[name])[len(times[name]) // 2]  # median over rounds
             results[name] = {"s_per_step": sec, "s_per_net_step": sec / nets,
                              "tflops": flop_per_net_step * nets / sec / 1e12}
-            print(f"{name:18s} {sec * 1e3:9.2f} ms/step {sec / nets * 1e3:9.2f} ms/net "
+            print(f"{name:28s} {sec * 1e3:9.2f} ms/step {sec / nets * 1e3:9.2f} ms/net "
                   f"{results[name]['tflops']:8.2f} TFLOP/s", flush=True)
+        steps_of.clear()
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_saved
 
         acts = [torch.profiler.ProfilerActivity.CPU]

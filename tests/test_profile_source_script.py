@@ -50,7 +50,9 @@ def test_tiny_cpu_run_writes_results(benchmark_script, tmp_path, monkeypatch):
     rec = json.loads(out.read_text())
     assert set(rec["results"]) == {"plain-fp32", "plain-tf32", "plain-bf16", "plain-bf16-cl",
                                    "batched-bf16-1", "batched-bf16-2", "unfold-bf16-1",
-                                   "unfold-bf16-2", "mixed-bf16-2"}
+                                   "unfold-bf16-2", "mixed-bf16-2", "plain-fp32-paperorder",
+                                   "plain-bf16-paperorder", "mixed-bf16-2-paperorder",
+                                   "batched-fp32-2", "batched-fp32-2-paperorder"}
     for r in rec["results"].values():
         assert r["s_per_step"] > 0 and r["tflops"] > 0
     assert rec["results"]["batched-bf16-2"]["s_per_net_step"] == pytest.approx(
@@ -69,6 +71,15 @@ def test_variants_flag_times_only_those(benchmark_script, tmp_path, monkeypatch)
         "--profile-impls", "--out", str(out)])
     mod.main()
     assert set(json.loads(out.read_text())["results"]) == {"mixed-bf16-2"}
+    # several rounds: still one (median) row per variant
+    monkeypatch.setattr(sys, "argv", [
+        "profile_source_step.py", "--device", "cpu", "--widths", "4", "8", "--nets", "2",
+        "--batch", "8", "--steps", "1", "--warmup", "1", "--repeats", "3", "--variants",
+        "batched-fp32-2", "batched-fp32-2-paperorder", "--profile-impls", "--out", str(out)])
+    mod.main()
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"batched-fp32-2", "batched-fp32-2-paperorder"}
+    assert all(r["s_per_step"] > 0 for r in res.values())
     monkeypatch.setattr(sys, "argv", ["profile_source_step.py", "--device", "cpu",
                                       "--variants", "nope"])
     with pytest.raises(SystemExit):

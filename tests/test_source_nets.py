@@ -45,6 +45,32 @@ def test_module_names_follow_the_paper():
     assert FConvMNIST().features.relu1.negative_slope == 0.01
 
 
+@pytest.mark.parametrize("factory", [
+    lambda: FConvMNIST((6, 8)),
+    lambda: CIFARSourceNet(width_factor=0.05, num_classes=7, hidden=8),
+    lambda: CIFARNet(width_factor=0.05),
+])
+def test_pool_first_features_equal_the_paper_order(factory):
+    """The feature stacks pool before their LeakyReLU; a plain nn.Sequential of the same
+    layers (the paper's order) gives the same output to the bit and the same gradients."""
+    torch.manual_seed(0)
+    net = factory()
+    plain = torch.nn.Sequential(*net.features)  # same modules, plain order
+    assert type(net.features) is not torch.nn.Sequential
+    side = 28 if isinstance(net, FConvMNIST) else 32
+    x = torch.randn(4, net.features.conv1.in_channels, side, side)
+    outs, grads = [], []
+    for stack in (net.features, plain):
+        net.zero_grad()
+        out = stack(x)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in net.features.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_width_factor_scales_convs_and_keeps_one_channel():
     assert FConvMNIST(width_factor=0.5).widths == (16, 64)
     assert FConvMNIST(width_factor=1e-3).widths == (1, 1)
