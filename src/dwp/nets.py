@@ -67,11 +67,11 @@ class PoolFirstSequential(nn.Sequential):
 
     Max-pooling commutes with any non-decreasing element-wise function, so for a LeakyReLU with
     a non-negative slope ``maxpool(lrelu(x)) == lrelu(maxpool(x))`` exactly (floating-point
-    rounding is monotone too), and the gradients agree. Pooling first applies the activation
-    (forward and backward) to a quarter of the elements: a 2x2 pool after the source nets'
-    first convolution, their largest activation, makes a step 6-17% faster on CPU
-    (``tests/test_source_nets.py`` checks the equality). Module names, order and state dict are
-    those of a plain ``nn.Sequential``: only ``forward`` differs.
+    rounding is monotone too), and the gradients agree (``tests/test_source_nets.py``). Pooling
+    first applies the activation, forward and backward, to a quarter of the elements; after the
+    source nets' first convolution, their largest activation. On CPU-2 an Adam step of source
+    nets took 0-9% less time (BENCHMARKS.md, "Pool before LeakyReLU"). Module names, order and
+    state dict are those of a plain ``nn.Sequential``: only ``forward`` differs.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
