@@ -5,7 +5,10 @@ Reads the rows of ``benchmarks/results/mnist-n50-paperlength-cpu.jsonl`` and
 steps): log-uniform, standard normal, the deterministic baseline, dwp with each
 ``--dwp PRIOR_DIR`` (frozen reverse model,
 prior-sample init, subsampled KL, unscaled prior: the CPU configuration of BENCHMARKS.md) and the
-fitted Gaussian fitted on each ``--fitted KERNELS`` kernel set.
+fitted Gaussian fitted on each ``--fitted KERNELS`` kernel set. Runs whose folders (and so
+their full records) were lost keep their test accuracy in
+``benchmarks/results/bnn-validation-cpu.jsonl``; those accuracy-only rows (the N = 1000 runs)
+count too, where no full record of the same method, prior, N and seed exists.
 Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
 
     python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3 runs/prior-cpu3e300 \
@@ -22,6 +25,29 @@ from dwp.bnn import PAPER_FIG2, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
+VALIDATION = "bnn-validation-cpu.jsonl"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def accuracy_only_rows(path: Path, dwp_dirs: list[str]) -> list[tuple[str, dict]]:
+    """(label, row) for the paper-length runs of ``path`` (validation rows, which keep a run's
+    test accuracy) made by ``benchmarks/steps_sweep.sh``: baselines, and dwp with a prior of
+    ``dwp_dirs`` and a frozen reverse model. ``accuracy`` is their ``test_accuracy``."""
+    out = []
+    for r in _jsonl(path):
+        if r.get("steps") != 10000 or not str(r.get("run", "")).startswith("runs/steps-"):
+            continue
+        if r["method"] in ("log-uniform", "standard-normal", "deterministic"):
+            label = r["method"]
+        elif r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs and r.get("freeze_reverse"):
+            label = f"dwp ({r['prior_dir']})"
+        else:
+            continue
+        out.append((label, {**r, "accuracy": r["test_accuracy"], "accuracy_only": True}))
+    return out
 
 
 def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dict]]:
@@ -32,10 +58,7 @@ def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dic
     groups.update({f"dwp ({d})": [] for d in dwp_dirs})
     groups.update({f"fitted-gaussian ({k})": [] for k in fitted})
     for name in FILES:
-        for line in (RESULTS / name).read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
+        for r in _jsonl(RESULTS / name):
             if r.get("steps") != 10000:
                 continue
             if r["method"] in baselines:
@@ -46,6 +69,11 @@ def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dic
                 groups[f"dwp ({r['prior_dir']})"].append(r)
             elif r["method"] == "fitted-gaussian" and r.get("kernels") in fitted:
                 groups[f"fitted-gaussian ({r['kernels']})"].append(r)
+    have = {(label, r["n"], r["seed"]) for label, rows in groups.items() for r in rows}
+    for label, r in accuracy_only_rows(RESULTS / VALIDATION, dwp_dirs):
+        if (label, r["n"], r["seed"]) not in have:
+            groups[label].append(r)
+            have.add((label, r["n"], r["seed"]))
     return groups
 
 
