@@ -31,7 +31,9 @@
 #     whole grid's time; then the sn and det N = 1000 cells with the data term in bf16;
 #  7b. sizes: the sn cells of N = 50, 100, 200 (10 seeds, 500 steps) in one padded training,
 #     then one training per size (what --batch-sizes-up-to saves);
-#  8. profile; 9. priors (VAE training speed); 10. series: with the time left, the next slice of
+#  8. profile: a plain net and 10 batched nets (mixed) with dwp's pool-first feature stack and
+#     with the paper's LeakyReLU-then-pool order (stop 27), in interleaved rounds, and the
+#     profiler table of the mixed step; 9. priors (VAE training speed); 10. series: with the time left, the next slice of
 #     the 100-net paper-width series (issue 4's 100-net run, split across sessions: nets
 #     SERIES_FIRST.., default 0, as many as fit or SERIES_NETS) and its kernel sets; a session
 #     that continues the series sets SERIES_FIRST to the next index (STAGES=series PER_NET=10
@@ -41,7 +43,8 @@
 # src100x2 graph bnnconv detgrid grid gridfull sizes profile priors series; default: graph impl
 # src10x100 bnnconv detgrid src100x2 gridfull sizes profile priors series); MAX10=SECONDS caps the
 # projected time of the 10 x 100-epoch row; IMPL_MODES sets the source_nets.py modes of the
-# impl stage; PROFILE_ARGS adds arguments to profile_source_step.py.
+# impl stage; PROFILE_ARGS replaces the profile stage's variant and round arguments to
+# profile_source_step.py.
 #
 # The GPU image has torch, torchvision, safetensors, typer, tqdm, rich and matplotlib, so the
 # package runs from src/ without an install. No stage needs a trained prior (the dwp timing uses
@@ -122,7 +125,8 @@ if [ "$smoke" = 1 ]; then
   src_args=(--nets 2 --widths 8 16 --epochs 2 --train-examples 500)
   cap=(--cap 2000); limits=(120 60 60 60); per_net=5; full_epochs=2; max10=${MAX10:-100}
 else
-  prof=(--nets 10 ${PROFILE_ARGS:-})
+  prof=(--nets 10 ${PROFILE_ARGS:---variants plain-bf16 plain-bf16-paperorder mixed-bf16-10 \
+    mixed-bf16-10-paperorder --repeats 3 --profile-impls mixed})
   scale=(--nets 100 --widths 256 512 --epochs 2)
   impl_cmp=(--nets 10 --widths 256 512 --epochs 2)
   grid=(--n 50 --seeds 10 --steps 200)
