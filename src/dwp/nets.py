@@ -82,7 +82,7 @@ class PoolFirstSequential(nn.Sequential):
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if (isinstance(layer, nn.LeakyReLU) and isinstance(nxt, nn.MaxPool2d)
-                    and layer.negative_slope >= 0):
+                    and layer.negative_slope >= 0 and not nxt.return_indices):
                 x = layer(nxt(x))
                 i += 2
             else:
