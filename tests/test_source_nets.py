@@ -71,6 +71,21 @@ def test_pool_first_features_equal_the_paper_order(factory):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_pool_first_leaves_non_monotone_activations_in_order():
+    """A LeakyReLU with a negative slope does not commute with max-pooling: kept in order."""
+    from dwp.nets import PoolFirstSequential
+
+    torch.manual_seed(0)
+    layers = [torch.nn.LeakyReLU(-0.5), torch.nn.MaxPool2d(2)]
+    x = torch.randn(2, 3, 8, 8)
+    want = torch.nn.Sequential(*layers)(x)
+    assert not torch.equal(want, layers[0](layers[1](x)))  # swapping would change the output
+    assert torch.equal(PoolFirstSequential(*layers)(x), want)
+    out, idx = PoolFirstSequential(torch.nn.LeakyReLU(0.01),
+                                   torch.nn.MaxPool2d(2, return_indices=True))(x)
+    assert idx.shape == out.shape
+
+
 def test_width_factor_scales_convs_and_keeps_one_channel():
     assert FConvMNIST(width_factor=0.5).widths == (16, 64)
     assert FConvMNIST(width_factor=1e-3).widths == (1, 1)
