@@ -69,8 +69,9 @@ class PoolFirstSequential(nn.Sequential):
     a non-negative slope ``maxpool(lrelu(x)) == lrelu(maxpool(x))`` exactly (floating-point
     rounding is monotone too), and the gradients agree (``tests/test_source_nets.py``). Pooling
     first applies the activation, forward and backward, to a quarter of the elements; after the
-    source nets' first convolution, their largest activation. On CPU-2 an Adam step of source
-    nets took 0-9% less time (BENCHMARKS.md, "Pool before LeakyReLU"). Module names, order and
+    source nets' first convolution, their largest activation. On CPU-2 the paper's order took
+    0.97-1.15x the time of an Adam step of source nets, the most for narrow batched nets
+    (BENCHMARKS.md, "Pool before LeakyReLU"). Module names, order and
     state dict are those of a plain ``nn.Sequential``: only ``forward`` differs.
     """
 
