@@ -33,8 +33,9 @@
 #     then one training per size (what --batch-sizes-up-to saves);
 #  8. profile: a plain net and 10 batched nets (mixed) with dwp's pool-first feature stack and
 #     with the paper's LeakyReLU-then-pool order (stop 27), in interleaved rounds, and the
-#     profiler table of the mixed step; 9. priors (VAE training speed); 10. series: with the time left, the next slice of
-#     the 100-net paper-width series (issue 4's 100-net run, split across sessions: nets
+#     profiler table of the mixed step;
+#  9. priors (VAE training speed); 10. series: with the time left, the next slice of the
+#     100-net paper-width series (issue 4's 100-net run, split across sessions: nets
 #     SERIES_FIRST.., default 0, as many as fit or SERIES_NETS) and its kernel sets; a session
 #     that continues the series sets SERIES_FIRST to the next index (STAGES=series PER_NET=10
 #     alone runs only that), and 'dwp merge-kernels' joins the kernel sets here.

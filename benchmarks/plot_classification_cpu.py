@@ -26,6 +26,7 @@ from dwp.bnn import PAPER_FIG2, summarize
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
 VALIDATION = "bnn-validation-cpu.jsonl"
+BASELINES = ("log-uniform", "standard-normal", "deterministic")
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -40,7 +41,7 @@ def accuracy_only_rows(path: Path, dwp_dirs: list[str]) -> list[tuple[str, dict]
     for r in _jsonl(path):
         if r.get("steps") != 10000 or not str(r.get("run", "")).startswith("runs/steps-"):
             continue
-        if r["method"] in ("log-uniform", "standard-normal", "deterministic"):
+        if r["method"] in BASELINES:
             label = r["method"]
         elif r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs and r.get("freeze_reverse"):
             label = f"dwp ({r['prior_dir']})"
@@ -53,15 +54,14 @@ def accuracy_only_rows(path: Path, dwp_dirs: list[str]) -> list[tuple[str, dict]
 def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dict]]:
     """{label: rows} for log-uniform, standard-normal, deterministic, 'dwp (PRIOR_DIR)' per
     prior folder and 'fitted-gaussian (KERNELS)' per kernel set."""
-    baselines = ("log-uniform", "standard-normal", "deterministic")
-    groups: dict[str, list[dict]] = {m: [] for m in baselines}
+    groups: dict[str, list[dict]] = {m: [] for m in BASELINES}
     groups.update({f"dwp ({d})": [] for d in dwp_dirs})
     groups.update({f"fitted-gaussian ({k})": [] for k in fitted})
     for name in FILES:
         for r in _jsonl(RESULTS / name):
             if r.get("steps") != 10000:
                 continue
-            if r["method"] in baselines:
+            if r["method"] in BASELINES:
                 groups[r["method"]].append(r)
             elif (r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs
                   and r.get("freeze_reverse") and r.get("init") == "prior"
