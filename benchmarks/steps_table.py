@@ -6,16 +6,19 @@ per (method, steps), and the step count each method would pick on validation acc
         [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--seeds 0 1 2 3 4] \
         [--out benchmarks/results/steps-n50-cpu.json] [--plot PNG]
 
-Each run folder needs ``metrics.json`` (test accuracy, steps) and a row in the ``--val`` JSONL
-(written by ``benchmarks/bnn_validation.py``). ``--extra`` adds runs of other names (e.g. the
-paper-length runs) on the same footing. The choice of steps uses validation accuracy only; test
-accuracy is reported beside it, never used to choose.
+Each run needs a row in the ``--val`` JSONL (written by ``benchmarks/bnn_validation.py``) and
+either its folder's ``metrics.json`` (test accuracy, steps) or, for a run whose git-ignored
+folder is gone, the test accuracy that the row itself recorded; such a run's steps come from
+the row, else from ``-t<steps>-`` in its name, else from ``--default-steps``. ``--extra`` adds
+runs of other names (e.g. the paper-length runs) on the same footing. The choice of steps uses
+validation accuracy only; test accuracy is reported beside it, never used to choose.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -26,22 +29,46 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(runs: list[Path], val_rows: dict[str, dict]) -> dict[tuple[str, int], list[dict]]:
+def _from_val_row(run: Path, row: dict, default_steps: int | None) -> dict | None:
+    """A lost run folder's record from its validation row: method, seed, steps, accuracy,
+    prior_dir; None if the row holds no test accuracy or the steps cannot be told."""
+    steps = row.get("steps")
+    if steps is None:
+        match = re.search(r"-t(\d+)-", run.name)
+        steps = int(match.group(1)) if match else default_steps
+    if row.get("test_accuracy") is None or steps is None:
+        return None
+    return {"method": row["method"], "seed": row["seed"], "steps": steps,
+            "accuracy": row["test_accuracy"], "prior_dir": row.get("prior_dir")}
+
+
+def collect(
+    runs: list[Path], val_rows: dict[str, dict], default_steps: int | None = None
+) -> dict[tuple[str, int], list[dict]]:
     """Group runs by (method, steps): each entry {seed, val, test}. A run with a prior folder
-    is labelled "method (folder name)", so dwp runs with different priors stay apart. Runs
-    without a validation row or metrics are reported and skipped."""
+    is labelled "method (folder name)", so dwp runs with different priors stay apart. A run
+    whose folder has no metrics.json is read from its validation row (see the module's
+    docstring). Runs without a validation row, or with neither source of test accuracy, are
+    reported and skipped."""
     cells: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for run in runs:
         metrics_path = run / "metrics.json"
         row = val_rows.get(str(run))
-        if not metrics_path.is_file() or row is None:
-            print(f"skipped {run}: " + ("no metrics.json" if not metrics_path.is_file()
-                                        else "no validation row"))
+        if row is None:
+            print(f"skipped {run}: no validation row")
             continue
-        m = json.loads(metrics_path.read_text())
-        cfg_path = run / "config.json"
-        prior_dir = (json.loads(cfg_path.read_text())["config"].get("prior_dir")
-                     if cfg_path.is_file() else None)
+        if metrics_path.is_file():
+            m = json.loads(metrics_path.read_text())
+            cfg_path = run / "config.json"
+            prior_dir = (json.loads(cfg_path.read_text())["config"].get("prior_dir")
+                         if cfg_path.is_file() else None)
+        else:
+            m = _from_val_row(run, row, default_steps)
+            if m is None:
+                print(f"skipped {run}: no metrics.json, and its validation row has no test "
+                      "accuracy or no step count (name it -t<steps>- or pass --default-steps)")
+                continue
+            prior_dir = m["prior_dir"]
         label = f"{m['method']} ({Path(prior_dir).name})" if prior_dir else m["method"]
         cells[(label, int(m["steps"]))].append(
             {"seed": int(m["seed"]), "val": row["val_accuracy"], "test": m["accuracy"],
@@ -118,6 +145,9 @@ def main() -> None:
                     help="keep only these seeds (choose on the seeds every cell shares)")
     ap.add_argument("--plot", type=Path, default=None,
                     help="PNG: validation and test accuracy against steps, one line per method")
+    ap.add_argument("--default-steps", type=int, default=None,
+                    help="steps of lost run folders whose validation row and name do not say "
+                         "(e.g. 10000 for the paper-length runs runs/bnn-n100-*-s0)")
     args = ap.parse_args()
 
     val_rows = {}
@@ -125,7 +155,7 @@ def main() -> None:
         if line.strip():
             r = json.loads(line)
             val_rows[r["run"]] = r
-    cells = collect([r for r in args.runs + args.extra if r.is_dir()], val_rows)
+    cells = collect(args.runs + args.extra, val_rows, args.default_steps)
     if args.seeds is not None:
         cells = {k: [r for r in rows if r["seed"] in args.seeds] for k, rows in cells.items()}
         cells = {k: rows for k, rows in cells.items() if rows}

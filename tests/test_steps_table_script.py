@@ -35,3 +35,32 @@ def test_steps_chosen_on_validation_not_test(benchmark_script, tmp_path):
     chosen = mod.choose_steps(summary)
     assert chosen["dwp"]["steps"] == 100
     assert abs(chosen["dwp"]["test_mean"] - 0.705) < 1e-12
+
+
+def test_lost_run_folders_are_read_from_their_validation_rows(benchmark_script, tmp_path):
+    mod = benchmark_script("steps_table")
+    kept = _run(tmp_path / "steps-lu-n100-t250-s0", "log-uniform", 250, 0, 0.80)
+    lost_named = tmp_path / "steps-lu-n100-t10000-s0"      # steps from the name
+    lost_row = tmp_path / "bnn-n100-lu-s1"                   # steps from the row
+    lost_default = tmp_path / "bnn-n100-lu-s2"               # steps from --default-steps
+    lost_untold = tmp_path / "bnn-n100-lu-s3"                # no test accuracy: skipped
+    row = {"method": "log-uniform", "prior_dir": None}
+    val = {
+        str(kept): {"val_accuracy": 0.79},
+        str(lost_named): {**row, "seed": 0, "val_accuracy": 0.83, "test_accuracy": 0.84},
+        str(lost_row): {**row, "seed": 1, "steps": 10000, "val_accuracy": 0.82,
+                        "test_accuracy": 0.85},
+        str(lost_default): {**row, "seed": 2, "val_accuracy": 0.81, "test_accuracy": 0.86},
+        str(lost_untold): {**row, "seed": 3, "val_accuracy": 0.5, "test_accuracy": None},
+    }
+    runs = [kept, lost_named, lost_row, lost_default, lost_untold]
+    cells = mod.collect(runs, val)  # without a default, seed 2's steps cannot be told
+    assert [r["seed"] for r in cells[("log-uniform", 10000)]] == [0, 1]
+    cells = mod.collect(runs, val, default_steps=10000)
+    assert sorted(cells) == [("log-uniform", 250), ("log-uniform", 10000)]
+    assert [(r["seed"], r["val"], r["test"]) for r in cells[("log-uniform", 10000)]] == [
+        (0, 0.83, 0.84), (1, 0.82, 0.85), (2, 0.81, 0.86)]
+    dwp_lost = tmp_path / "bnn-n100-dwp-s0"
+    val[str(dwp_lost)] = {"method": "dwp", "prior_dir": "runs/prior-a", "seed": 0,
+                          "steps": 10000, "val_accuracy": 0.7, "test_accuracy": 0.71}
+    assert ("dwp (prior-a)", 10000) in mod.collect([dwp_lost], val)
