@@ -4,6 +4,7 @@ per (method, steps), and the step count each method would pick on validation acc
     python benchmarks/steps_table.py runs/steps-*-n50-* \
         --val benchmarks/results/bnn-validation-cpu.jsonl \
         [--extra runs/bnn-paperlen-dwp3aug-frozen-s*] [--seeds 0 1 2 3 4] \
+        [--report-seeds 0 1 2 3 4 5 6 7 8 9 --reference log-uniform standard-normal] \
         [--out benchmarks/results/steps-n50-cpu.json] [--plot PNG]
 
 Each run needs a row in the ``--val`` JSONL (written by ``benchmarks/bnn_validation.py``) and
@@ -12,6 +13,10 @@ folder is gone, the test accuracy that the row itself recorded; such a run's ste
 the row, else from ``-t<steps>-`` in its name, else from ``--default-steps``. ``--extra`` adds
 runs of other names (e.g. the paper-length runs) on the same footing. The choice of steps uses
 validation accuracy only; test accuracy is reported beside it, never used to choose.
+
+``--report-seeds`` reports each method's chosen cell (chosen on ``--seeds``) over more seeds,
+e.g. seeds trained later at the chosen lengths only, with every method's per-seed difference
+from each ``--reference`` method (paired by seed: mean, sd, t statistic, seeds won).
 """
 
 from __future__ import annotations
@@ -106,6 +111,37 @@ def choose_steps(cells: list[dict]) -> dict[str, dict]:
     return chosen
 
 
+def report_chosen(
+    cells: dict[tuple[str, int], list[dict]], chosen: dict[str, dict], seeds: list[int]
+) -> dict[str, dict]:
+    """Each method's chosen cell over ``seeds``: {method: {steps, seeds, val, test, means,
+    sds, missing}}. cells: as :func:`collect` makes them (all seeds); chosen: as
+    :func:`choose_steps` returns. Seeds a chosen cell lacks are listed under "missing"."""
+    report = {}
+    for method, best in chosen.items():
+        rows = {r["seed"]: r for r in cells.get((method, best["steps"]), [])}
+        have = [s for s in seeds if s in rows]
+        val, test = [rows[s]["val"] for s in have], [rows[s]["test"] for s in have]
+        (val_mean, val_sd), (test_mean, test_sd) = mean_sd(val), mean_sd(test)
+        report[method] = {"steps": best["steps"], "seeds": have, "val": val, "test": test,
+                          "val_mean": val_mean, "val_sd": val_sd, "test_mean": test_mean,
+                          "test_sd": test_sd, "missing": [s for s in seeds if s not in rows]}
+    return report
+
+
+def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a minus b over the seeds both have: mean, sample sd, t = mean / (sd / sqrt(n)) (None
+    for fewer than 2 seeds or sd 0), and the number of seeds where a > b."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if not diffs:
+        return {"seeds": [], "diffs": [], "mean": None, "sd": None, "t": None, "wins": 0}
+    mean, sd = mean_sd(diffs)
+    t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
+    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd, "t": t,
+            "wins": sum(d > 0 for d in diffs)}
+
+
 def plot_cells(cells: list[dict], path: Path) -> None:
     """Mean accuracy (± sd over seeds) against steps: validation left, test right."""
     import matplotlib
@@ -148,6 +184,11 @@ def main() -> None:
     ap.add_argument("--default-steps", type=int, default=None,
                     help="steps of lost run folders whose validation row and name do not say "
                          "(e.g. 10000 for the paper-length runs runs/bnn-n100-*-s0)")
+    ap.add_argument("--report-seeds", type=int, nargs="*", default=None,
+                    help="report each chosen cell over these seeds (choice stays on --seeds)")
+    ap.add_argument("--reference", nargs="*", default=None,
+                    help="with --report-seeds: method labels every other method is paired "
+                         "against by seed, e.g. 'log-uniform' 'standard-normal'")
     args = ap.parse_args()
 
     val_rows = {}
@@ -155,7 +196,8 @@ def main() -> None:
         if line.strip():
             r = json.loads(line)
             val_rows[r["run"]] = r
-    cells = collect(args.runs + args.extra, val_rows, args.default_steps)
+    all_cells = collect(args.runs + args.extra, val_rows, args.default_steps)
+    cells = all_cells
     if args.seeds is not None:
         cells = {k: [r for r in rows if r["seed"] in args.seeds] for k, rows in cells.items()}
         cells = {k: rows for k, rows in cells.items() if rows}
@@ -172,6 +214,30 @@ def main() -> None:
         print(f"  {method}: {best['steps']} steps (validation {best['val_mean']:.3f}), "
               f"test {best['test_mean']:.3f} ± {best['test_sd']:.3f} "
               f"over {len(best['seeds'])} seeds")
+    if args.report_seeds is not None:
+        report = report_chosen(all_cells, summary["chosen"], args.report_seeds)
+        summary["report"] = report
+        print(f"\nchosen cells over seeds {args.report_seeds}:")
+        for method, r in report.items():
+            missing = f" (missing seeds {r['missing']})" if r["missing"] else ""
+            print(f"  {method}: {r['steps']} steps, test {r['test_mean']:.3f} ± "
+                  f"{r['test_sd']:.3f} over {len(r['seeds'])} seeds{missing}")
+        summary["paired"] = {}
+        for reference in args.reference or []:
+            if reference not in report:
+                raise SystemExit(f"--reference {reference!r} is not a method here; "
+                                 f"methods: {sorted(report)}")
+            ref = dict(zip(report[reference]["seeds"], report[reference]["test"], strict=True))
+            for method, r in report.items():
+                if method == reference:
+                    continue
+                d = paired_differences(dict(zip(r["seeds"], r["test"], strict=True)), ref)
+                summary["paired"][f"{method} minus {reference}"] = d
+                if d["mean"] is not None:
+                    t = "n/a" if d["t"] is None else f"{d['t']:.2f}"
+                    print(f"  {method} minus {reference}: {d['mean']:+.3f} "
+                          f"(sd {d['sd']:.3f}, t = {t}), ahead on {d['wins']} of "
+                          f"{len(d['seeds'])} seeds")
     if args.plot is not None:
         plot_cells(summary["cells"], args.plot)
     if args.out is not None:

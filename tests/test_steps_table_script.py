@@ -64,3 +64,40 @@ def test_lost_run_folders_are_read_from_their_validation_rows(benchmark_script, 
     val[str(dwp_lost)] = {"method": "dwp", "prior_dir": "runs/prior-a", "seed": 0,
                           "steps": 10000, "val_accuracy": 0.7, "test_accuracy": 0.71}
     assert ("dwp (prior-a)", 10000) in mod.collect([dwp_lost], val)
+
+
+def test_chosen_cells_reported_over_more_seeds_with_paired_differences(
+        benchmark_script, tmp_path):
+    mod = benchmark_script("steps_table")
+    # Choice on seeds 0-1: "a" picks 100 steps (validation 0.9 > 0.8). Seeds 2-3 exist only
+    # at the chosen length, as when later seeds are trained at the chosen lengths only.
+    val, runs = {}, []
+    for steps, v in ((100, 0.9), (1000, 0.8)):
+        for seed in (0, 1):
+            r = _run(tmp_path / f"a-{steps}-{seed}", "a", steps, seed, 0.70 + 0.01 * seed)
+            runs.append(r)
+            val[str(r)] = {"val_accuracy": v}
+    for seed, test in ((2, 0.75), (3, 0.60)):
+        r = _run(tmp_path / f"a-100-{seed}", "a", 100, seed, test)
+        runs.append(r)
+        val[str(r)] = {"val_accuracy": 0.5}  # later seeds never change the choice
+    ref_tests = {0: 0.68, 1: 0.72, 2: 0.70}  # reference method "b": seed 3 missing
+    for seed, test in ref_tests.items():
+        r = _run(tmp_path / f"b-{seed}", "b", 500, seed, test)
+        runs.append(r)
+        val[str(r)] = {"val_accuracy": 0.7}
+    all_cells = mod.collect(runs, val)
+    choice = {k: [r for r in rows if r["seed"] in (0, 1)] for k, rows in all_cells.items()}
+    chosen = mod.choose_steps(mod.summarize(choice))
+    assert chosen["a"]["steps"] == 100
+    report = mod.report_chosen(all_cells, chosen, [0, 1, 2, 3])
+    assert report["a"]["seeds"] == [0, 1, 2, 3] and report["a"]["missing"] == []
+    assert report["a"]["test"] == [0.70, 0.71, 0.75, 0.60]
+    assert report["b"]["missing"] == [3]
+    a = dict(zip(report["a"]["seeds"], report["a"]["test"], strict=True))
+    d = mod.paired_differences(a, ref_tests)
+    # by hand: diffs 0.02, -0.01, 0.05; mean 0.02, sd 0.03, t = 0.02 / (0.03 / sqrt 3)
+    assert d["seeds"] == [0, 1, 2] and d["wins"] == 2
+    assert abs(d["mean"] - 0.02) < 1e-12 and abs(d["sd"] - 0.03) < 1e-12
+    assert abs(d["t"] - 0.02 / (0.03 / 3 ** 0.5)) < 1e-9
+    assert mod.paired_differences({0: 0.5}, {0: 0.4})["t"] is None  # one seed: no t
