@@ -190,6 +190,8 @@ def main() -> None:
                     help="with --report-seeds: method labels every other method is paired "
                          "against by seed, e.g. 'log-uniform' 'standard-normal'")
     args = ap.parse_args()
+    if args.reference and args.report_seeds is None:
+        ap.error("--reference pairs the chosen cells of --report-seeds; give --report-seeds too")
 
     val_rows = {}
     for line in args.val.read_text().splitlines():
