@@ -111,21 +111,26 @@ def choose_steps(cells: list[dict]) -> dict[str, dict]:
     return chosen
 
 
+def keep_seeds(
+    cells: dict[tuple[str, int], list[dict]], seeds: list[int]
+) -> dict[tuple[str, int], list[dict]]:
+    """The cells of :func:`collect` with only the runs of ``seeds``; cells left empty are
+    dropped."""
+    kept = {k: [r for r in rows if r["seed"] in seeds] for k, rows in cells.items()}
+    return {k: rows for k, rows in kept.items() if rows}
+
+
 def report_chosen(
     cells: dict[tuple[str, int], list[dict]], chosen: dict[str, dict], seeds: list[int]
 ) -> dict[str, dict]:
-    """Each method's chosen cell over ``seeds``: {method: {steps, seeds, val, test, means,
-    sds, missing}}. cells: as :func:`collect` makes them (all seeds); chosen: as
-    :func:`choose_steps` returns. Seeds a chosen cell lacks are listed under "missing"."""
+    """Each method's chosen cell over ``seeds``: {method: its :func:`summarize` dict plus
+    "missing", the seeds it lacks}. cells: as :func:`collect` makes them (all seeds);
+    chosen: as :func:`choose_steps` returns."""
+    by_cell = {(c["method"], c["steps"]): c for c in summarize(keep_seeds(cells, seeds))}
     report = {}
     for method, best in chosen.items():
-        rows = {r["seed"]: r for r in cells.get((method, best["steps"]), [])}
-        have = [s for s in seeds if s in rows]
-        val, test = [rows[s]["val"] for s in have], [rows[s]["test"] for s in have]
-        (val_mean, val_sd), (test_mean, test_sd) = mean_sd(val), mean_sd(test)
-        report[method] = {"steps": best["steps"], "seeds": have, "val": val, "test": test,
-                          "val_mean": val_mean, "val_sd": val_sd, "test_mean": test_mean,
-                          "test_sd": test_sd, "missing": [s for s in seeds if s not in rows]}
+        cell = by_cell[(method, best["steps"])]
+        report[method] = {**cell, "missing": [s for s in seeds if s not in cell["seeds"]]}
     return report
 
 
@@ -199,10 +204,7 @@ def main() -> None:
             r = json.loads(line)
             val_rows[r["run"]] = r
     all_cells = collect(args.runs + args.extra, val_rows, args.default_steps)
-    cells = all_cells
-    if args.seeds is not None:
-        cells = {k: [r for r in rows if r["seed"] in args.seeds] for k, rows in cells.items()}
-        cells = {k: rows for k, rows in cells.items() if rows}
+    cells = all_cells if args.seeds is None else keep_seeds(all_cells, args.seeds)
 
     summary = {"cells": summarize(cells)}
     print(f"{'method':<24}{'steps':>7}{'seeds':>7}{'validation':>18}{'test':>18}")
@@ -224,16 +226,17 @@ def main() -> None:
             missing = f" (missing seeds {r['missing']})" if r["missing"] else ""
             print(f"  {method}: {r['steps']} steps, test {r['test_mean']:.3f} ± "
                   f"{r['test_sd']:.3f} over {len(r['seeds'])} seeds{missing}")
+        unknown = [m for m in args.reference or [] if m not in report]
+        if unknown:
+            raise SystemExit(f"--reference {unknown} not among the methods here: "
+                             f"{sorted(report)}")
+        tests = {m: dict(zip(r["seeds"], r["test"], strict=True)) for m, r in report.items()}
         summary["paired"] = {}
         for reference in args.reference or []:
-            if reference not in report:
-                raise SystemExit(f"--reference {reference!r} is not a method here; "
-                                 f"methods: {sorted(report)}")
-            ref = dict(zip(report[reference]["seeds"], report[reference]["test"], strict=True))
-            for method, r in report.items():
+            for method in report:
                 if method == reference:
                     continue
-                d = paired_differences(dict(zip(r["seeds"], r["test"], strict=True)), ref)
+                d = paired_differences(tests[method], tests[reference])
                 summary["paired"][f"{method} minus {reference}"] = d
                 if d["mean"] is not None:
                     t = "n/a" if d["t"] is None else f"{d['t']:.2f}"
