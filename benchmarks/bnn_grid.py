@@ -43,9 +43,10 @@ import torch
 
 from dwp.batched import PRECISIONS
 from dwp.bayes import BNN_CONV_IMPLS
-from dwp.bnn import canonical_method, resolve_priors, run_classification
+from dwp.bnn import run_classification
 from dwp.bnn_batched import run_classification_cells, run_deterministic_cells
 from dwp.data import load_dataset
+from dwp.priorspec import canonical_method, resolve_priors
 from dwp.runtime import select_device
 
 

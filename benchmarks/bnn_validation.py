@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
-from dwp.bnn import evaluate, load_bnn, resolve_priors
+from dwp.bnn import evaluate
+from dwp.bnn_io import load_bnn
 from dwp.data import class_balanced_subset, load_dataset
+from dwp.priorspec import resolve_priors
 from dwp.runtime import DwpError
 
 VAL_SEED = 20261127

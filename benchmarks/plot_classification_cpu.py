@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dwp.bnn import PAPER_FIG2, summarize
+from dwp.experiments.classification import PAPER_FIG2, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
@@ -78,7 +78,8 @@ def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dic
 
 
 def by_size(label: str, rows: list[dict]) -> dict[int, tuple[float, float, int]]:
-    """{n: (mean, sample std, seeds)} of the accuracy (:func:`dwp.bnn.summarize`)."""
+    """{n: (mean, sample std, seeds)} of the accuracy
+    (:func:`dwp.experiments.classification.summarize`)."""
     return {s["n"]: (s["mean"], s["std"], s["runs"])
             for s in summarize([{**r, "method": label} for r in rows])}
 

@@ -10,15 +10,10 @@ import torch
 from torch import nn
 
 from dwp.bayes import bayesianize
-from dwp.bnn import (
-    canonical_method,
-    resolve_batch_size,
-    stratified_holdout,
-    train_bnn,
-    train_deterministic,
-)
+from dwp.bnn import resolve_batch_size, stratified_holdout, train_bnn, train_deterministic
 from dwp.metrics import accuracy, ece, ensemble, nll
 from dwp.priors.gaussian import StandardNormal
+from dwp.priorspec import canonical_method
 from dwp.runtime import DwpError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,7 +128,7 @@ def test_train_bnn_command_writes_metrics(tmp_path, data_root):
 
 
 def test_summary_table_and_plot(tmp_path):
-    from dwp.bnn import plot_accuracy, summary_table
+    from dwp.experiments.classification import plot_accuracy, summary_table
 
     rows = [{"method": "dwp", "n": 50, "seed": s, "accuracy": a} for s, a in [(0, .8), (1, .7)]]
     rows += [{"method": "standard-normal", "n": 50, "seed": 0, "accuracy": 0.6}]
@@ -195,10 +190,11 @@ def test_train_bnn_command_with_saved_vae_priors(tmp_path, data_root, freeze, in
 @pytest.mark.parametrize("freeze", [False, True])
 def test_train_bnn_saves_model_that_reloads(tmp_path, data_root, freeze):
     from dwp.bayes import bayes_layers, sampling
-    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.bnn_io import load_bnn
     from dwp.cli import main
     from dwp.data import load_dataset
     from dwp.priors import KernelVAE, save_prior
+    from dwp.priorspec import resolve_priors
 
     torch.manual_seed(0)
     for name, k in (("conv1", 7), ("conv2", 5)):
@@ -232,9 +228,10 @@ def test_train_bnn_saves_model_that_reloads(tmp_path, data_root, freeze):
 
 def test_log_uniform_uses_truncated_alpha_posterior_and_reloads(tmp_path, data_root):
     from dwp.bayes import bayes_layers, sampling
-    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.bnn_io import load_bnn
     from dwp.cli import main
     from dwp.data import load_dataset
+    from dwp.priorspec import resolve_priors
 
     out = tmp_path / "run"
     args = ["train-bnn", "--out", str(out), "--prior", "lu", "--n", "20", "--steps", "3",
@@ -368,7 +365,7 @@ def test_seed_batched_dwp_runs_with_subsampled_bound(data_root):
 
 
 def test_per_layer_prior_spec_parses_and_rejects_bad_specs():
-    from dwp.bnn import canonical_spec, parse_prior_spec
+    from dwp.priorspec import canonical_spec, parse_prior_spec
 
     assert parse_prior_spec("dwp") is None
     assert parse_prior_spec("conv1=dwp, conv2=lu") == {"conv1": "dwp", "conv2": "log-uniform"}
@@ -388,7 +385,8 @@ def _fconv():
 
 def test_per_layer_spec_with_one_method_builds_the_plain_methods_model():
     from dwp.bayes import bayes_layers
-    from dwp.bnn import build_bayes_model, resolve_priors
+    from dwp.bnn import build_bayes_model
+    from dwp.priorspec import resolve_priors
 
     make = _fconv()
     plain, s1, _ = build_bayes_model("standard-normal", 3, make, resolve_priors("sn"),
@@ -405,8 +403,9 @@ def test_per_layer_spec_with_one_method_builds_the_plain_methods_model():
 
 def test_per_layer_spec_mixes_priors_posteriors_and_leaves_unnamed_layers_alone():
     from dwp.bayes import bayes_layers
-    from dwp.bnn import build_bayes_model, resolve_priors
+    from dwp.bnn import build_bayes_model
     from dwp.priors import LogUniform
+    from dwp.priorspec import resolve_priors
 
     make = _fconv()
     model, settings, _ = build_bayes_model("conv2=lu,conv1=sn", 0, make,
@@ -429,10 +428,11 @@ def test_per_layer_spec_mixes_priors_posteriors_and_leaves_unnamed_layers_alone(
 
 def test_train_bnn_command_with_per_layer_priors_saves_and_reloads(tmp_path, data_root):
     from dwp.bayes import bayes_layers, sampling
-    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.bnn_io import load_bnn
     from dwp.cli import main
     from dwp.data import load_dataset
     from dwp.priors import KernelVAE, save_prior
+    from dwp.priorspec import resolve_priors
 
     torch.manual_seed(0)
     save_prior(KernelVAE(7, hidden=8), tmp_path / "prior" / "conv1")

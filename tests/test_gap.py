@@ -114,7 +114,7 @@ def test_model_gap_is_zero_with_exact_posterior_and_kl_with_prior_reverse():
 
 
 def test_experiment_gap_command_writes_table_and_resumes(tmp_path):
-    from dwp.bnn import save_bnn
+    from dwp.bnn_io import save_bnn
     from dwp.cli import main
     from dwp.priors import save_prior
 

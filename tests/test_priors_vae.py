@@ -325,7 +325,7 @@ def test_train_prior_warns_about_too_few_kernels(tmp_path, capsys):
 
 
 def test_train_bnn_priors_warn_about_a_collapsed_vae(tmp_path, capsys):
-    from dwp.bnn import collapsed_vae_layers, resolve_priors
+    from dwp.priorspec import collapsed_vae_layers, resolve_priors
 
     np.save(tmp_path / "conv1.npy", _edges(64, 7, seed=9).numpy())
     rc = main(["train-prior", str(tmp_path / "conv1.npy"), "--out", str(tmp_path / "p"),

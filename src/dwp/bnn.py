@@ -5,14 +5,18 @@
 - :func:`train_deterministic` / :func:`choose_weight_decay`: the same net with an L2 penalty,
   the penalty picked on a validation split carved from the training subset (never the test set).
 - :func:`evaluate`: accuracy, NLL and ECE of the ensemble of weight samples on a test set.
+- :func:`run_classification`: one run of the paper's classification experiment, from the
+  training subset to the record (shared by ``dwp train-bnn`` and ``dwp experiment
+  classification``).
+
+Which prior each layer gets is :mod:`dwp.priorspec`; saved models are :mod:`dwp.bnn_io`;
+the grid's table and plot are :mod:`dwp.experiments.classification`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,15 @@ from torch import nn
 
 from dwp.batched import autocast_for, check_precision, tf32_for
 from dwp.bayes import bayes_layers, elbo_loss, kl, predict
+from dwp.bnn_io import save_bnn
 from dwp.metrics import classification_metrics
+from dwp.priorspec import (
+    canonical_spec,
+    default_init,
+    default_posterior,
+    match_priors,
+    parse_prior_spec,
+)
 from dwp.runtime import DwpError, progress
 
 FULL_BATCH_MAX = 1000
@@ -382,193 +394,6 @@ def evaluate(
 
 
 # -- one classification run (paper Section 4.1), shared by ``train-bnn`` and the experiment --
-METHODS = ("dwp", "standard-normal", "log-uniform", "fitted-gaussian", "deterministic")
-METHOD_ALIASES = {
-    "dwp": "dwp", "vae": "dwp", "sn": "standard-normal", "standard-normal": "standard-normal",
-    "lu": "log-uniform", "log-uniform": "log-uniform", "loguniform": "log-uniform",
-    "mvn": "fitted-gaussian", "fitted-gaussian": "fitted-gaussian",
-    "det": "deterministic", "deterministic": "deterministic",
-}
-
-
-def canonical_method(name: str) -> str:
-    """Map a method name or alias (dwp, sn, lu, mvn, det, ...) to one of ``METHODS``."""
-    try:
-        return METHOD_ALIASES[name.lower()]
-    except KeyError:
-        raise DwpError(
-            f"unknown prior/method {name!r}: use one of dwp, sn, lu, mvn, deterministic"
-        ) from None
-
-
-def parse_prior_spec(spec: str) -> dict[str, str] | None:
-    """Per-layer methods of a ``LAYER=METHOD,...`` spec; ``None`` for a plain method name.
-
-    ``"conv1=dwp,conv2=lu"`` -> ``{"conv1": "dwp", "conv2": "log-uniform"}`` (layer names as in
-    the model: ``conv1`` or ``features.conv1``; methods as :func:`canonical_method`, not
-    ``deterministic``: leave a layer out to keep it an ordinary, unpenalised conv).
-    """
-    if "=" not in spec:
-        return None
-    out: dict[str, str] = {}
-    for part in spec.split(","):
-        layer, sep, name = (v.strip() for v in part.partition("="))
-        if not sep or not layer or not name:
-            raise DwpError(f"per-layer prior {part!r} in {spec!r}: write LAYER=METHOD, e.g. "
-                           f"conv1=dwp,conv2=lu")
-        if layer in out:
-            raise DwpError(f"layer {layer!r} is given twice in {spec!r}")
-        method = canonical_method(name)
-        if method == "deterministic":
-            raise DwpError(f"{part!r}: deterministic is not a prior; leave {layer} out of the "
-                           f"spec to keep it an ordinary conv layer")
-        out[layer] = method
-    return out
-
-
-def canonical_spec(spec: str) -> str:
-    """:func:`canonical_method` for a plain name; ``conv1=dwp,conv2=log-uniform`` (aliases
-    resolved, order kept) for a per-layer spec (:func:`parse_prior_spec`)."""
-    layers = parse_prior_spec(spec)
-    if layers is None:
-        return canonical_method(spec)
-    return ",".join(f"{k}={m}" for k, m in layers.items())
-
-
-def default_posterior(method: str) -> str:
-    """The posterior parameterisation a method uses unless told otherwise.
-
-    ``"truncated-alpha"`` (sigma^2 = alpha mu^2, alpha < 1) for log-uniform, as the paper's
-    code: with a free variance the log-uniform KL is minimised by switching every weight off
-    (alpha -> infinity), which on 50 images wins over the data term and leaves a chance-level
-    net. ``"gaussian"`` (free log sigma^2) for every other prior.
-    """
-    return "truncated-alpha" if canonical_method(method) == "log-uniform" else "gaussian"
-
-
-def collapsed_vae_layers(prior_dir: str | Path) -> list[str]:
-    """Layers of a prior folder whose saved metrics report no active latent dimension.
-
-    Reads ``metrics.json`` beside each prior (written by ``dwp train-prior``); priors trained
-    before that field existed, or without metrics, are not reported.
-    """
-    from dwp.priors import prior_layer_dirs
-
-    out = []
-    for d in prior_layer_dirs(prior_dir):
-        try:
-            metrics = json.loads((d / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if metrics.get("active_latent_dims") == 0:
-            out.append(d.name)
-    return out
-
-
-def resolve_priors(
-    method: str,
-    prior_dir: str | None = None,
-    kernels: str | None = None,
-    map_location: str | torch.device | None = None,
-) -> Any:
-    """The prior(s) of a method: one ``KernelPrior`` for all convs, or ``{layer: prior}``.
-
-    ``dwp`` reads the per-layer VAE priors of ``prior_dir``; ``fitted-gaussian`` reads the
-    fitted-Gaussian priors of ``prior_dir`` or fits them now on the kernel set ``kernels``
-    (``train`` split). ``deterministic`` -> ``None``.
-    """
-    from dwp.priors import FittedGaussian, LogUniform, StandardNormal, load_prior_dir
-
-    layers = parse_prior_spec(method)
-    if layers is not None:
-        return _resolve_layer_priors(layers, prior_dir, kernels, map_location)
-    method = canonical_method(method)
-    if method == "deterministic":
-        return None
-    if method == "standard-normal":
-        return StandardNormal()
-    if method == "log-uniform":
-        return LogUniform()
-    if method == "dwp":
-        if prior_dir is None:
-            raise DwpError("--prior dwp needs --prior-dir (a folder made by 'dwp train-prior')")
-        priors = load_prior_dir(prior_dir, map_location)
-        bad = {k: p.family for k, p in priors.items() if p.explicit}
-        if bad:
-            raise DwpError(f"{prior_dir} holds explicit priors {bad}, not deep weight priors "
-                           f"(family vae): use --prior mvn/sn/lu for them or another --prior-dir")
-        collapsed = collapsed_vae_layers(prior_dir)
-        if collapsed:
-            warnings.warn(
-                f"{prior_dir}: the VAE of {', '.join(collapsed)} uses none of its latent "
-                "dimensions (posterior collapse, see its metrics.json), so it acts as one "
-                "diagonal Gaussian; such priors gave 0.13-0.25 accuracy at N = 50 "
-                "(BENCHMARKS.md). Retrain it with 'dwp train-prior' (another --seed).",
-                stacklevel=2,
-            )
-        return priors
-    # fitted-gaussian
-    if prior_dir is not None:
-        priors = load_prior_dir(prior_dir, map_location)
-        bad = {k: p.family for k, p in priors.items() if p.family != "mvn"}
-        if bad:
-            raise DwpError(f"{prior_dir} holds {bad}, not fitted Gaussians (family mvn): pass "
-                           f"--kernels KERNELSET to fit them, or a prior dir of mvn priors")
-        return priors
-    if kernels is None:
-        raise DwpError("--prior mvn needs --prior-dir (mvn priors) or --kernels (a kernel set)")
-    from dwp.kernelsets import find_layers, load_kernel_file
-
-    return {name: FittedGaussian.fit(load_kernel_file(path)["train"])
-            for name, path in find_layers(kernels).items()}
-
-
-def _resolve_layer_priors(
-    layers: dict[str, str],
-    prior_dir: str | None,
-    kernels: str | None,
-    map_location: str | torch.device | None,
-) -> dict[str, Any]:
-    """``{layer: prior}`` for a per-layer spec: each layer's prior from its method's source."""
-    out: dict[str, Any] = {}
-    for layer, method in layers.items():
-        # a fitted Gaussian beside a dwp layer is fitted on --kernels, not read from --prior-dir
-        src = None if method == "fitted-gaussian" and kernels is not None else prior_dir
-        prior = resolve_priors(method, src, kernels, map_location)
-        if isinstance(prior, dict):
-            short = layer.rsplit(".", 1)[-1]
-            if short not in prior:
-                where = src if src is not None else kernels
-                raise DwpError(f"{where} has no prior for layer {short!r} (it has "
-                               f"{', '.join(sorted(prior))}) for {layer}={method}")
-            prior = prior[short]
-        out[layer] = prior
-    return out
-
-
-def default_init(method: str) -> str:
-    """Posterior-mean initialisation of a method: a prior sample for dwp and fitted-gaussian
-    (as the paper's code), Xavier otherwise."""
-    return "prior" if canonical_method(method) in ("dwp", "fitted-gaussian") else "xavier"
-
-
-def match_priors(model: nn.Module, priors: Any) -> Any:
-    """Key per-layer priors by layer name when the names match the model's convs, else by k."""
-    if priors is None or not isinstance(priors, dict):
-        return priors
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m) is nn.Conv2d}
-    names |= {n for n, m in model.named_modules() if type(m) is nn.Conv2d}
-    if all(k in names for k in priors):
-        return priors
-    by_k: dict[int, Any] = {}
-    for key, p in priors.items():
-        if p.kernel_size is None or p.kernel_size in by_k:
-            raise DwpError(f"cannot match prior {key!r} to a conv layer by name or kernel size: "
-                           f"name the prior folders after the layers ({', '.join(sorted(names))})")
-        by_k[p.kernel_size] = p
-    return by_k
-
-
 def fconv_factory(
     widths: Sequence[int], in_channels: int, num_classes: int, device: torch.device
 ) -> Callable[[], nn.Module]:
@@ -606,7 +431,7 @@ def build_bayes_model(
     from dwp.runtime import seed_everything
 
     if priors is None:
-        raise DwpError(f"method {method} needs priors (see resolve_priors)")
+        raise DwpError(f"method {method} needs priors (see dwp.priorspec.resolve_priors)")
     g = seed_everything(seed)
     model = make_model()
     gen = torch.Generator(device=device).manual_seed(seed) if device.type != "cpu" else g
@@ -675,10 +500,11 @@ def run_classification(
 
     ``train_data``/``test_data`` are ``dwp.data.ImageDataset``s; the subset is
     ``class_balanced_subset(labels, n, seed)``. Bayesian methods: conv layers get ``priors``
-    (see :func:`resolve_priors`), the classifier stays deterministic, posterior means start
-    from a prior sample (``init="prior"``, default for dwp and fitted-gaussian, as the paper's
-    code) or Xavier (default otherwise). ``posterior`` (see :func:`default_posterior`):
-    ``"truncated-alpha"`` by default for log-uniform, ``"gaussian"`` otherwise.
+    (see :func:`dwp.priorspec.resolve_priors`), the classifier stays deterministic, posterior
+    means start from a prior sample (``init="prior"``, default for dwp and fitted-gaussian, as
+    the paper's code) or Xavier (default otherwise). ``posterior`` (see
+    :func:`dwp.priorspec.default_posterior`): ``"truncated-alpha"`` by default for
+    log-uniform, ``"gaussian"`` otherwise.
     ``deterministic``: the weight decay is chosen on a validation split of the subset.
     ``conv_impl``: how the variational convolutions compute (see
     :meth:`dwp.bayes.BayesConv2d.set_conv_impl`; same results up to float rounding).
@@ -686,8 +512,9 @@ def run_classification(
     ``"fp32"``); evaluation is always float32.
     Returns the JSON-able record of the run.
 
-    ``model_path``: also save the trained model there with :func:`save_bnn` (posterior means
-    and log-variances, reverse models, priors, classifier; reload with :func:`load_bnn`).
+    ``model_path``: also save the trained model there with :func:`dwp.bnn_io.save_bnn`
+    (posterior means and log-variances, reverse models, priors, classifier; reload with
+    :func:`dwp.bnn_io.load_bnn`).
     ``checkpoint_dir``: resume files of the training (every ``checkpoint_every`` steps) and of
     the weight-decay choice go there, so a killed run resumes where it stopped and ends as an
     uninterrupted one; the caller deletes the folder once the record is stored.
@@ -751,162 +578,3 @@ def run_classification(
     rec.update(metrics)
     rec["seconds"] = time.perf_counter() - t0 + before
     return rec
-
-
-# -- saved models ------------------------------------------------------------------------------
-BNN_FORMAT = "dwp-bnn"
-
-
-def save_bnn(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    method: str,
-    widths: Sequence[int],
-    in_channels: int,
-    num_classes: int,
-) -> None:
-    """Save a trained FConvMNIST (Bayesian or not) as one safetensors file, atomically.
-
-    The file holds the whole state dict (for variational layers: ``weight_mu``, ``log_sigma2``
-    or ``alpha_logit``, ``bias``, the reverse model ``reverse.*`` and the prior ``prior.*``) and
-    metadata (``format``, ``method``, ``widths``, ``in_channels``, ``num_classes``,
-    ``posterior``) to rebuild it.
-    """
-    from safetensors.torch import save_model
-
-    from dwp.runtime import atomic_path
-
-    meta = {"format": BNN_FORMAT, "method": canonical_spec(method),
-            "widths": json.dumps([int(w) for w in widths]), "in_channels": str(int(in_channels)),
-            "num_classes": str(int(num_classes))}
-    layers = bayes_layers(model)
-    if layers:
-        meta["posterior"] = layers[0][1].posterior
-        meta["posteriors"] = json.dumps({name: layer.posterior for name, layer in layers})
-    with atomic_path(path) as tmp:
-        save_model(model, str(tmp), metadata=meta)
-
-
-def load_bnn(
-    path: str | Path, priors: Any = None, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, str]]:
-    """Rebuild a model saved by :func:`save_bnn`: returns (model in eval mode, metadata).
-
-    ``priors`` must be the priors it was trained with (as for :func:`run_classification`; they
-    fix the layers' architecture, their weights are then read from the file); ``None`` for the
-    deterministic baseline.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-
-    from dwp.bayes import bayesianize
-    from dwp.nets import FConvMNIST
-
-    path = Path(path)
-    if not path.is_file():
-        raise DwpError(f"no saved model at {path}: train one with 'dwp train-bnn' first")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("format") != BNN_FORMAT:
-        raise DwpError(f"{path} is not a model saved by dwp train-bnn (format "
-                       f"{meta.get('format')!r})")
-    method = canonical_spec(meta["method"])
-    if (priors is None) != (method == "deterministic"):
-        raise DwpError(f"{path} holds a {method} model: pass the priors it was trained with"
-                       if priors is None else f"{path} holds a deterministic model: no priors")
-    model = FConvMNIST(json.loads(meta["widths"]), in_channels=int(meta["in_channels"]),
-                       num_classes=int(meta["num_classes"]))
-    if priors is not None:
-        priors = match_priors(model, priors)
-        posteriors = json.loads(meta.get("posteriors", "{}"))  # {full layer name: posterior}
-        if len(set(posteriors.values())) > 1 and isinstance(priors, dict):  # per-layer methods
-            for key, prior in priors.items():
-                post = next((v for k, v in posteriors.items()
-                             if key in (k, k.rsplit(".", 1)[-1])), "gaussian")
-                bayesianize(model, {key: prior}, init="xavier", posterior=post)
-        else:
-            bayesianize(model, priors, init="xavier", posterior=meta.get("posterior", "gaussian"))
-    model.to(map_location)
-    try:
-        load_model(model, str(path), strict=True, device=str(map_location))
-    except RuntimeError as exc:
-        raise DwpError(f"{path} does not match the given priors: {str(exc).splitlines()[0]}") \
-            from None
-    return model.eval(), meta
-
-
-# -- the grid (paper Fig. 2 / Fig. 5) ---------------------------------------------------------
-#: The paper's Fig. 2 (MNIST, 10-sample ensemble accuracy, mean over 10 seeds).
-PAPER_FIG2 = {
-    "sizes": [50, 100, 200, 500, 1000],
-    "dwp": [0.800, 0.867, 0.915, 0.945, 0.961],
-    "log-uniform": [0.766, 0.839, 0.894, 0.938, 0.958],
-    "standard-normal": [0.717, 0.816, 0.890, 0.938, 0.959],
-    "deterministic": [0.751, 0.827, 0.879, 0.926, 0.954],
-}
-
-
-def summarize(rows: list[dict[str, Any]], key: str = "accuracy") -> list[dict[str, Any]]:
-    """Mean and std of ``key`` per (method, n) over seeds, sorted by method then n."""
-    groups: dict[tuple[str, int], list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], int(r["n"])), []).append(float(r[key]))
-    out = []
-    for (m, n), v in sorted(groups.items()):
-        t = torch.tensor(v, dtype=torch.float64)
-        std = t.std().item() if len(v) > 1 else 0.0
-        out.append({"method": m, "n": n, "runs": len(v), "mean": t.mean().item(), "std": std})
-    return out
-
-
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table: method x N, cells 'accuracy mean ± std (runs)', paper value beside."""
-    summ = {(s["method"], s["n"]): s for s in summarize(rows)}
-    sizes = sorted({n for _, n in summ})
-    methods = [m for m in METHODS if any((m, n) in summ for n in sizes)]
-    lines = ["| method | " + " | ".join(f"N={n}" for n in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
-    for m in methods:
-        cells = []
-        for n in sizes:
-            s = summ.get((m, n))
-            paper = ""
-            if m in PAPER_FIG2 and n in PAPER_FIG2["sizes"]:
-                paper = f" (paper {PAPER_FIG2[m][PAPER_FIG2['sizes'].index(n)]:.3f})"
-            cells.append("-" if s is None else
-                         f"{s['mean']:.3f} ± {s['std']:.3f} ({s['runs']}){paper}")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_accuracy(rows: list[dict[str, Any]], path: Any) -> None:
-    """Accuracy vs N per method (mean ± std over seeds), the paper's Fig. 2 points dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from dwp.runtime import atomic_path
-
-    summ = summarize(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, m in enumerate(METHODS):
-        pts = [s for s in summ if s["method"] == m]
-        color = f"C{i}"
-        if pts:
-            ax.errorbar([s["n"] for s in pts], [s["mean"] for s in pts],
-                        yerr=[s["std"] for s in pts], marker="o", color=color, label=f"{m} (ours)",
-                        capsize=3)
-        if m in PAPER_FIG2:
-            ax.plot(PAPER_FIG2["sizes"], PAPER_FIG2[m], ls="--", marker="x", color=color,
-                    alpha=0.6, label=f"{m} (paper)")
-    ax.set_xscale("log")
-    ax.set_xlabel("training images N (MNIST)")
-    ax.set_ylabel("test accuracy (10-sample ensemble)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)

@@ -432,8 +432,9 @@ def run_classification_cells(
     groups, ``padded_to``; ``seconds`` is the group's wall time divided by the number of nets.
     Bayesian methods only.
     """
-    from dwp.bnn import build_bayes_model, canonical_method, evaluate, fconv_factory
+    from dwp.bnn import build_bayes_model, evaluate, fconv_factory
     from dwp.data import class_balanced_subset
+    from dwp.priorspec import canonical_method
 
     method = canonical_method(method)
     if method == "deterministic":

@@ -105,8 +105,9 @@ def train_bnn(
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
     from dwp.batched import check_precision
-    from dwp.bnn import canonical_spec, parse_prior_spec, resolve_priors, run_classification
+    from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
+    from dwp.priorspec import canonical_spec, parse_prior_spec, resolve_priors
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
     method = canonical_spec(prior)
@@ -127,7 +128,7 @@ def train_bnn(
     if init == "prior" and "log-uniform" in used:
         raise DwpError("the log-uniform prior cannot be sampled: use --init xavier")
     from dwp.bayes import POSTERIORS
-    from dwp.bnn import default_posterior
+    from dwp.priorspec import default_posterior
 
     if posterior not in ("auto", *POSTERIORS):
         raise DwpError(f"--posterior must be auto, {' or '.join(POSTERIORS)}; got {posterior!r}")
@@ -273,14 +274,10 @@ def experiment_classification(
 ) -> None:
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
     from dwp.batched import check_precision
-    from dwp.bnn import (
-        canonical_method,
-        plot_accuracy,
-        resolve_priors,
-        run_classification,
-        summary_table,
-    )
+    from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
+    from dwp.experiments.classification import plot_accuracy, summary_table
+    from dwp.priorspec import canonical_method, resolve_priors
     from dwp.runtime import (
         append_jsonl,
         atomic_write_text,

@@ -298,7 +298,8 @@ def run_gap(
     """
     from pathlib import Path
 
-    from dwp.bnn import load_bnn, resolve_priors
+    from dwp.bnn_io import load_bnn
+    from dwp.priorspec import resolve_priors
     from dwp.runtime import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
     cfg.check()
