@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from dwp.batched import PRECISIONS
 from dwp.bayes import BNN_CONV_IMPLS
 from dwp.bnn import run_classification
 from dwp.bnn_batched import run_classification_cells, run_deterministic_cells
 from dwp.data import load_dataset
+from dwp.precision import PRECISIONS
 from dwp.priorspec import canonical_method, resolve_priors
 from dwp.runtime import select_device
 

@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dwp.batched import BatchedModel, BatchedTrainer, cudnn_autotune
+from dwp.batched import BatchedModel, BatchedTrainer
 from dwp.nets import FConvMNIST, xavier_init_
+from dwp.precision import cudnn_autotune
 
 
 def conv_macs_per_image(widths: tuple[int, int]) -> int:

@@ -37,8 +37,9 @@ import torch
 
 def run_mode(args: argparse.Namespace) -> dict:
     """Train in one mode inside this process; return timings, memory and accuracies."""
-    from dwp.batched import BatchedModel, BatchedTrainer, cudnn_autotune, evaluate_accuracy
+    from dwp.batched import BatchedModel, BatchedTrainer, evaluate_accuracy
     from dwp.data import class_balanced_subset, load_dataset
+    from dwp.precision import cudnn_autotune
     from dwp.runtime import select_device
     from dwp.sourcenets import SourceConfig, net_factory
 

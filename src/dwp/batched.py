@@ -61,8 +61,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +71,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from dwp.convimpl import CONV_IMPLS, resolve_conv_impl, use_unfold_convs_
+from dwp.precision import autocast_for, check_precision, tf32_for
 from dwp.runtime import DwpError
 
 ModuleFactory = Callable[[], nn.Module]
@@ -431,58 +431,6 @@ def l2_penalty(params: dict[str, torch.Tensor], keys: Iterable[str]) -> torch.Te
     return torch.stack(terms).sum(0)
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-
-
-def check_precision(precision: str) -> None:
-    """Raise ``DwpError`` unless ``precision`` is one of :data:`PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise DwpError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
-@contextmanager
-def autocast_for(precision: str, device: torch.device, cache: bool = True) -> Iterator[None]:
-    """Autocast the block's forward pass to bfloat16 for ``"bf16"``; nothing otherwise.
-    ``cache=False`` turns off autocast's cache of cast weights (as advised for blocks recorded
-    into CUDA graphs)."""
-    if precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache):
-            yield
-    else:
-        yield
-
-
-@contextmanager
-def tf32_for(precision: str, device: torch.device) -> Iterator[None]:
-    """Allow TensorFloat-32 CUDA matmuls/convolutions in the block (forward and backward) for
-    ``"tf32"``; the previous flags are restored on exit. Nothing otherwise or on CPU."""
-    if precision != "tf32" or device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@contextmanager
-def cudnn_autotune(device: torch.device) -> Iterator[None]:
-    """Let cuDNN time its convolution algorithms for each new input shape (CUDA only; the
-    previous setting is restored on exit). Worth it for long runs of fixed shapes, such as the
-    grouped convolutions of many nets trained at once."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
-
-
 class BatchedTrainer:
     """Adam + linear lr decay + L2-in-the-loss training of a :class:`BatchedModel`.
 
@@ -529,8 +477,7 @@ class BatchedTrainer:
         if augment_shift < 0:
             raise DwpError(f"augment_shift must be >= 0 pixels, got {augment_shift}")
         self.augment_shift = int(augment_shift)
-        if precision not in PRECISIONS:
-            raise DwpError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         self.precision = precision
         if epochs < 1:
             raise DwpError(f"epochs must be >= 1, got {epochs}")

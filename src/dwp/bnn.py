@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dwp.batched import autocast_for, check_precision, tf32_for
 from dwp.bayes import bayes_layers, elbo_loss, kl, predict
 from dwp.bnn_io import save_bnn
 from dwp.metrics import classification_metrics
+from dwp.precision import autocast_for, check_precision, tf32_for
 from dwp.priorspec import (
     canonical_spec,
     default_init,
@@ -158,7 +158,7 @@ def data_logits(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
     """``model(x)`` as float32 logits (B, classes), its forward pass (and so its backward)
     autocast to bfloat16 for ``precision="bf16"``. Training loops call it for the data term
     only: KL terms and auxiliary bounds stay in float32. (``"tf32"`` is set around a whole
-    loop with :func:`dwp.batched.tf32_for`, since it must cover the backward pass too.)"""
+    loop with :func:`dwp.precision.tf32_for`, since it must cover the backward pass too.)"""
     with autocast_for(precision, x.device, cache=False):  # also recorded into CUDA graphs
         out = model(x)
     return out.float()

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from dwp.batched import check_precision, tf32_for
 from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
 from dwp.bnn import data_logits, resolve_batch_size
+from dwp.precision import check_precision, tf32_for
 from dwp.runtime import DwpError, progress
 
 #: Steps between checks that the losses are finite (each check waits for the device).

@@ -30,14 +30,7 @@ from typing import Any
 import torch
 
 from dwp import __version__
-from dwp.batched import (
-    BatchedModel,
-    BatchedTrainer,
-    _seed_int,
-    check_precision,
-    cudnn_autotune,
-    evaluate_accuracy,
-)
+from dwp.batched import BatchedModel, BatchedTrainer, _seed_int, evaluate_accuracy
 from dwp.convimpl import CONV_IMPLS
 from dwp.nets import (
     CIFAR_SOURCE_WIDTHS,
@@ -46,6 +39,7 @@ from dwp.nets import (
     default_widths,
     xavier_init_,
 )
+from dwp.precision import check_precision, cudnn_autotune
 from dwp.runtime import (
     DwpError,
     append_jsonl,

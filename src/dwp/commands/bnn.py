@@ -104,9 +104,9 @@ def train_bnn(
 ) -> None:
     """Train one model; write ``OUT/metrics.json`` (accuracy, nll, ece on MNIST test) and the
     trained model ``OUT/model.safetensors`` (variational parameters, reverse models, priors)."""
-    from dwp.batched import check_precision
     from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
+    from dwp.precision import check_precision
     from dwp.priorspec import canonical_spec, parse_prior_spec, resolve_priors
     from dwp.runtime import atomic_write_json, prepare_run_dir, select_device
 
@@ -273,10 +273,10 @@ def experiment_classification(
     show_progress: bool = Progress,
 ) -> None:
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
-    from dwp.batched import check_precision
     from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
     from dwp.experiments.classification import plot_accuracy, summary_table
+    from dwp.precision import check_precision
     from dwp.priorspec import canonical_method, resolve_priors
     from dwp.runtime import (
         append_jsonl,
