@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwp.batched import BatchedModel, _seed_int
+from dwp.batched import BatchedModel
 from dwp.cli import main
 from dwp.kernelmerge import merge_kernel_sets, proportional_quota
 from dwp.kernels import collect_kernels
 from dwp.nets import FConvMNIST, xavier_init_
-from dwp.runtime import DwpError
+from dwp.runtime import DwpError, mix_seed
 from dwp.sourcenets import SourceConfig, save_nets, train_source_nets
 
 W1, W2 = 4, 5
@@ -28,7 +28,7 @@ def _factory():
 def _save_run(folder, first, count, config=None):
     """A finished source run holding nets ``first .. first + count - 1`` of the series."""
     index = list(range(first, first + count))
-    model = BatchedModel(_factory, [_seed_int(0, i) for i in index])
+    model = BatchedModel(_factory, [mix_seed(0, i) for i in index])
     cfg = {**CONFIG, **(config or {}), "nets": count}
     if first:
         cfg["first_net"] = first

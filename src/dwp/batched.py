@@ -64,7 +64,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,15 +71,9 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dwp.convimpl import CONV_IMPLS, resolve_conv_impl, use_unfold_convs_
 from dwp.precision import autocast_for, check_precision, tf32_for
-from dwp.runtime import DwpError
+from dwp.runtime import DwpError, mix_seed
 
 ModuleFactory = Callable[[], nn.Module]
-
-
-def _seed_int(*words: int) -> int:
-    """Mix integers into one well-spread 63-bit seed (NumPy SeedSequence)."""
-    state = np.random.SeedSequence([int(w) % (2**63) for w in words]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) % (2**63)
 
 
 def build_seeded(factory: ModuleFactory, seed: int) -> nn.Module:
@@ -302,7 +295,7 @@ def epoch_orders(seeds: Sequence[int], epoch: int, n_examples: int) -> torch.Ten
     """
     rows = []
     for s in seeds:
-        gen = torch.Generator().manual_seed(_seed_int(s, epoch, 0x5EED))
+        gen = torch.Generator().manual_seed(mix_seed(s, epoch, 0x5EED))
         rows.append(torch.randperm(n_examples, generator=gen))
     return torch.stack(rows)
 
@@ -315,7 +308,7 @@ def epoch_shifts(
     :func:`epoch_orders`, row ``i`` depends only on ``(seeds[i], epoch)``."""
     rows = []
     for s in seeds:
-        gen = torch.Generator().manual_seed(_seed_int(s, epoch, 0x5A1F7))
+        gen = torch.Generator().manual_seed(mix_seed(s, epoch, 0x5A1F7))
         rows.append(torch.randint(-max_shift, max_shift + 1, (n_examples, 2), generator=gen))
     return torch.stack(rows)
 

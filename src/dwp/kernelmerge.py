@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from dwp import __version__
-from dwp.batched import _seed_int
 from dwp.kernels import DEFAULT_CAP, cap_indices, norm_stats, save_kernel_grid
 from dwp.kernelsets import find_layers, load_kernel_file, read_metadata
-from dwp.runtime import DwpError, atomic_path, atomic_write_json
+from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 # Source-run settings that do not change the trained nets (or that a split changes).
 SERIES_FREE_KEYS = frozenset({
@@ -163,7 +162,7 @@ def _merge_split(
     for j, (i, q) in enumerate(zip(have, quota, strict=True)):
         if q == 0:
             continue
-        idx = cap_indices(saved[j], q, _seed_int(seed, j))
+        idx = cap_indices(saved[j], q, mix_seed(seed, j))
         kernels.append(tensors[i][split][idx])
         nets.append(tensors[i][f"{split}_net"][idx])
     out = {split: torch.cat(kernels).contiguous(), f"{split}_net": torch.cat(nets).contiguous()}
@@ -213,7 +212,7 @@ def merge_kernel_sets(
         layer_tensors: dict[str, torch.Tensor] = {}
         splits: dict[str, Any] = {}
         for salt, split in enumerate(("train", "test")):
-            merged = _merge_split(tensors, records, split, cap, _seed_int(seed, li, salt))
+            merged = _merge_split(tensors, records, split, cap, mix_seed(seed, li, salt))
             if merged is not None:
                 layer_tensors.update(merged[0])
                 splits[split] = merged[1]

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from dwp import __version__
-from dwp.batched import _seed_int
-from dwp.runtime import DwpError, atomic_path, atomic_write_json
+from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 DEFAULT_THRESHOLD = 1e-2
 DEFAULT_CAP = 200_000
@@ -76,7 +75,7 @@ def split_nets(n: int, test_fraction: float, seed: int) -> tuple[list[int], list
         n_test = min(max(1, n_test), n - 1)
     else:
         n_test = 0
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_int(seed, n, 7)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, n, 7)))
     return sorted(perm[n_test:].tolist()), sorted(perm[:n_test].tolist())
 
 
@@ -86,7 +85,7 @@ def cap_indices(count: int, cap: int | None, seed: int) -> torch.Tensor:
         return torch.arange(count)
     if cap < 1:
         raise DwpError(f"cap must be a positive number of kernels, got {cap}")
-    gen = torch.Generator().manual_seed(_seed_int(seed, count, cap))
+    gen = torch.Generator().manual_seed(mix_seed(seed, count, cap))
     return torch.randperm(count, generator=gen)[:cap].sort().values
 
 
@@ -159,7 +158,7 @@ def select_layer(
         before = int(in_split.sum())
         idx = torch.nonzero(in_split & keep).squeeze(1)
         after_prune = int(idx.numel())
-        idx = idx[cap_indices(after_prune, cap, _seed_int(seed, salt))]
+        idx = idx[cap_indices(after_prune, cap, mix_seed(seed, salt))]
         tensors[split] = kernels[idx].contiguous()
         tensors[f"{split}_net"] = nets[idx].to(torch.int64).contiguous()
         info[split] = {
@@ -187,7 +186,7 @@ def save_kernel_grid(
 
     if kernels.shape[0] == 0:
         raise DwpError(f"no kernels to draw for {path}")
-    gen = torch.Generator().manual_seed(_seed_int(seed, kernels.shape[0]))
+    gen = torch.Generator().manual_seed(mix_seed(seed, kernels.shape[0]))
     idx = torch.randperm(kernels.shape[0], generator=gen)[: min(n, kernels.shape[0])]
     shown = kernels[idx].float()
     vmax = float(shown.abs().max()) or 1.0
@@ -248,7 +247,7 @@ def collect_kernels(
     for li, (name, key) in enumerate(convs.items()):
         weight = tensors[key]
         layer_tensors, info = select_layer(
-            weight, train_nets, test_nets, threshold, cap, _seed_int(seed, li), net_index
+            weight, train_nets, test_nets, threshold, cap, mix_seed(seed, li), net_index
         )
         if "train" not in layer_tensors or layer_tensors["train"].shape[0] == 0:
             raise DwpError(

@@ -40,6 +40,14 @@ def select_device(device: str | None = None) -> torch.device:
     return dev
 
 
+def mix_seed(*words: int) -> int:
+    """Mix integers into one well-spread 63-bit seed (NumPy ``SeedSequence``): the seed of
+    net ``i`` of a series is ``mix_seed(seed, i)``, of an epoch's data order
+    ``mix_seed(net_seed, epoch, salt)``, so each depends on its words alone."""
+    state = np.random.SeedSequence([int(w) % (2**63) for w in words]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) % (2**63)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU ``torch.Generator`` seeded with ``seed``."""
     random.seed(seed)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from dwp import __version__
-from dwp.batched import BatchedModel, BatchedTrainer, _seed_int, evaluate_accuracy
+from dwp.batched import BatchedModel, BatchedTrainer, evaluate_accuracy
 from dwp.convimpl import CONV_IMPLS
 from dwp.nets import (
     CIFAR_SOURCE_WIDTHS,
@@ -46,6 +46,7 @@ from dwp.runtime import (
     atomic_path,
     atomic_write_json,
     atomic_write_text,
+    mix_seed,
     prepare_run_dir,
     progress,
     read_jsonl,
@@ -149,7 +150,7 @@ class SourceConfig:
         --first-net 0`` and ``--nets 50 --first-net 50`` train the 100 nets of ``--nets 100``
         (to float rounding) in two runs, e.g. on two machines.
         """
-        return [_seed_int(self.seed, i) for i in self.net_indices()]
+        return [mix_seed(self.seed, i) for i in self.net_indices()]
 
     def record(self) -> dict[str, Any]:
         """The config as written to ``config.json`` (``precision``, ``augment_shift`` and
