@@ -9,7 +9,8 @@ import typer
 DataRoot = typer.Option(
     None,
     "--data-root",
-    help="Folder holding the datasets (default: $DWP_DATA_ROOT, else ~/.cache/dwp/datasets).",
+    help="Folder holding the datasets (default: $DWP_DATA_ROOT, else "
+         "$XDG_CACHE_HOME/dwp/datasets, ~/.cache/dwp/datasets when that is unset).",
     show_default=False,
 )
 Download = typer.Option(
