@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -362,6 +363,8 @@ def experiment_classification(
             append_jsonl(results, rec)
         if len(cells) == 1:
             shutil.rmtree(out / "checkpoints" / f"{m}-n{n}-s{seed}", ignore_errors=True)
+    with contextlib.suppress(OSError):  # resume files of finished runs are gone: drop the folder
+        (out / "checkpoints").rmdir()
     rows = [r for r in read_jsonl(results) if r["method"] in method_list]
     table = summary_table(rows)
     atomic_write_text(out / "summary.md", table + "\n")
