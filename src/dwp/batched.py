@@ -70,7 +70,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from dwp.convimpl import CONV_IMPLS, resolve_conv_impl, use_unfold_convs_
-from dwp.precision import autocast_for, check_precision, tf32_for
+from dwp.precision import autocast_for, check_precision, flush_denormals, tf32_for
 from dwp.runtime import DwpError, mix_seed
 
 ModuleFactory = Callable[[], nn.Module]
@@ -586,17 +586,18 @@ class BatchedTrainer:
                   .to(images.device) if self.augment_shift else None)
         loss_sum = torch.zeros(model.n, device=images.device, dtype=torch.float64)
         correct = torch.zeros(model.n, device=images.device, dtype=torch.long)
-        for step, start in enumerate(range(0, n_examples, batch_size)):
-            if on_step is not None:
-                on_step(epoch, step)
-            idx = orders[:, start : start + batch_size]
-            xb = images[idx]
-            if shifts is not None:
-                sb = shifts[:, start : start + batch_size]
-                xb = shift_images(xb.flatten(0, 1), sb.flatten(0, 1)).view_as(xb)
-            loss, corr = self.step(xb, labels[idx])
-            loss_sum += loss.double() * idx.shape[1]
-            correct += corr
+        with flush_denormals(images.device):
+            for step, start in enumerate(range(0, n_examples, batch_size)):
+                if on_step is not None:
+                    on_step(epoch, step)
+                idx = orders[:, start : start + batch_size]
+                xb = images[idx]
+                if shifts is not None:
+                    sb = shifts[:, start : start + batch_size]
+                    xb = shift_images(xb.flatten(0, 1), sb.flatten(0, 1)).view_as(xb)
+                loss, corr = self.step(xb, labels[idx])
+                loss_sum += loss.double() * idx.shape[1]
+                correct += corr
         return {
             "lr": lr,
             "loss": (loss_sum / n_examples).tolist(),

@@ -28,7 +28,7 @@ from torch import nn
 from dwp.bayes import bayes_layers, elbo_loss, kl, predict
 from dwp.bnn_io import save_bnn
 from dwp.metrics import classification_metrics
-from dwp.precision import autocast_for, check_precision, tf32_for
+from dwp.precision import autocast_for, check_precision, flush_denormals, tf32_for
 from dwp.priorspec import (
     canonical_spec,
     default_init,
@@ -222,27 +222,28 @@ def train_bnn(
     t0 = time.perf_counter()
     bar = progress(range(start, steps), desc="train-bnn", enabled=show_progress,
                    initial=start, total=steps)
-    for t in bar:
-        idx = next_batch().to(device)
-        opt.zero_grad(set_to_none=True)
-        with tf32_for(precision, device):
-            logits = data_logits(model, x[idx], precision)
-            kl_term = kl(model, kernel_subsample=kernel_subsample, generator=g)
-            loss = elbo_loss(logits, y[idx], kl_term, n)
-            if not torch.isfinite(loss):
-                raise DwpError(f"the loss became {loss.item()} at step {t}: lower --lr or check "
-                               "data")
-            loss.backward()
-        opt.step()
-        sched.step()
-        if t == 0 or t == steps - 1 or (log_every and t % log_every == 0):
-            nll = (loss - kl_term).item() / n
-            hist["step"].append(t)
-            hist["loss"].append(loss.item())
-            hist["nll"].append(nll)
-            hist["kl"].append(kl_term.item())
-            bar.set_postfix(nll=f"{nll:.3f}", kl=f"{kl_term.item():.4g}")
-        ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
+    with flush_denormals(device):
+        for t in bar:
+            idx = next_batch().to(device)
+            opt.zero_grad(set_to_none=True)
+            with tf32_for(precision, device):
+                logits = data_logits(model, x[idx], precision)
+                kl_term = kl(model, kernel_subsample=kernel_subsample, generator=g)
+                loss = elbo_loss(logits, y[idx], kl_term, n)
+                if not torch.isfinite(loss):
+                    raise DwpError(f"the loss became {loss.item()} at step {t}: lower --lr or "
+                                   "check data")
+                loss.backward()
+            opt.step()
+            sched.step()
+            if t == 0 or t == steps - 1 or (log_every and t % log_every == 0):
+                nll = (loss - kl_term).item() / n
+                hist["step"].append(t)
+                hist["loss"].append(loss.item())
+                hist["nll"].append(nll)
+                hist["kl"].append(kl_term.item())
+                bar.set_postfix(nll=f"{nll:.3f}", kl=f"{kl_term.item():.4g}")
+            ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
     hist["steps"] = steps
     hist["seconds"] = elapsed + time.perf_counter() - t0
     hist["resumed_from"], hist["seconds_before_resume"] = start, elapsed
@@ -285,18 +286,19 @@ def train_deterministic(
     hist: dict[str, Any] = saved or {"loss": float("nan")}
     model.train()
     t0 = time.perf_counter()
-    for t in progress(range(start, steps), desc="train-det", enabled=show_progress,
-                      initial=start, total=steps):
-        idx = next_batch().to(device)
-        opt.zero_grad(set_to_none=True)
-        with tf32_for(precision, device):
-            loss = F.cross_entropy(data_logits(model, x[idx], precision), y[idx])
-            loss.backward()
-        opt.step()
-        sched.step()
-        if t == steps - 1:
-            hist["loss"] = loss.item()
-        ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
+    with flush_denormals(device):
+        for t in progress(range(start, steps), desc="train-det", enabled=show_progress,
+                          initial=start, total=steps):
+            idx = next_batch().to(device)
+            opt.zero_grad(set_to_none=True)
+            with tf32_for(precision, device):
+                loss = F.cross_entropy(data_logits(model, x[idx], precision), y[idx])
+                loss.backward()
+            opt.step()
+            sched.step()
+            if t == steps - 1:
+                hist["loss"] = loss.item()
+            ckpt.after_step(t, hist, elapsed + time.perf_counter() - t0)
     return {"loss": hist["loss"], "steps": steps, "seconds": elapsed + time.perf_counter() - t0,
             "resumed_from": start, "seconds_before_resume": elapsed}
 

@@ -36,7 +36,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dwp.bayes import bayes_layers, draw_kernel_indices, elbo_loss, kl
 from dwp.bnn import data_logits, resolve_batch_size
-from dwp.precision import check_precision, tf32_for
+from dwp.precision import check_precision, flush_denormals, tf32_for
 from dwp.runtime import DwpError, progress
 
 #: Steps between checks that the losses are finite (each check waits for the device).
@@ -324,22 +324,23 @@ def _train_stacked(
     side = torch.cuda.Stream(device) if use_graph else None
     if side is not None:
         side.wait_stream(torch.cuda.current_stream(device))
-    for t in progress(range(steps), desc=desc, enabled=show_progress):
-        if side is not None and t == GRAPH_WARMUP:
-            torch.cuda.current_stream(device).wait_stream(side)
-            side = None
-            with tf32_for(precision, device):
-                step_fn, graphed = _record_step(graph_body, opt, eager_step)
-        with torch.cuda.stream(side) if side is not None else nullcontext():
-            set_lr(t)
-            with tf32_for(precision, device):
-                losses = step_fn()
-        if record_losses:
-            history.append(losses.clone())
-        if (t + 1) % CHECK_EVERY == 0 or t == steps - 1:
-            if not torch.isfinite(losses).all():
-                raise DwpError(f"a loss became non-finite in batched training by step {t + 1}: "
-                               "lower the lr")
+    with flush_denormals(device):
+        for t in progress(range(steps), desc=desc, enabled=show_progress):
+            if side is not None and t == GRAPH_WARMUP:
+                torch.cuda.current_stream(device).wait_stream(side)
+                side = None
+                with tf32_for(precision, device):
+                    step_fn, graphed = _record_step(graph_body, opt, eager_step)
+            with torch.cuda.stream(side) if side is not None else nullcontext():
+                set_lr(t)
+                with tf32_for(precision, device):
+                    losses = step_fn()
+            if record_losses:
+                history.append(losses.clone())
+            if (t + 1) % CHECK_EVERY == 0 or t == steps - 1:
+                if not torch.isfinite(losses).all():
+                    raise DwpError(f"a loss became non-finite in batched training by step {t + 1}: "
+                                   "lower the lr")
     losses = losses.cpu()
     with torch.no_grad():  # by name, so that a module shared by layers (one prior for
         for i, w in enumerate(wrappers):  # several same-size convs) is written once

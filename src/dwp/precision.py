@@ -4,6 +4,7 @@
 (TensorFloat-32 matmuls and convolutions on CUDA, :func:`tf32_for`) or ``bf16`` (the forward
 pass autocast to bfloat16, float32 master weights, :func:`autocast_for`).
 :func:`cudnn_autotune` lets cuDNN pick its fastest convolution algorithms for fixed shapes.
+:func:`flush_denormals` makes CPU arithmetic treat subnormal floats as zero during training.
 """
 
 from __future__ import annotations
@@ -65,3 +66,32 @@ def cudnn_autotune(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def flushing_denormals() -> bool:
+    """Whether CPU arithmetic flushes subnormal floats to zero now (``torch`` has no getter:
+    a subnormal float32 is multiplied by one and compared with zero)."""
+    return bool((torch.full((1,), 1e-39) * 1.0).item() == 0.0)
+
+
+@contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """Treat subnormal floats (|x| < 1.2e-38 in float32) as zero in CPU arithmetic inside the
+    block (``torch.set_flush_denormal``); the previous mode is restored on exit. Nothing on
+    other devices.
+
+    Late in a long CPU training the loss is near zero on the training images and the L2
+    penalty shrinks unused weights geometrically, so gradients, Adam's moments and weights
+    pass through the subnormal range, where x86 arithmetic is many times slower: a
+    deterministic FConvMNIST step at N = 100 went from 0.04-0.06 s to 0.45-0.6 s
+    (BENCHMARKS.md, "Subnormal floats"). Flushing them changes values only below 1.2e-38.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from dwp.kernelsets import as_kernels
+from dwp.precision import flush_denormals
 from dwp.priors.base import KernelPrior
 from dwp.priors.gaussian import FittedGaussian, IsotropicGaussian
 from dwp.priors.vae import KernelVAE
@@ -63,30 +64,31 @@ def train_kernel_vae(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total))
     history: list[dict[str, float]] = []
     bar = progress(range(epochs), desc=desc, enabled=show_progress, unit="epoch")
-    for epoch in bar:
-        perm = torch.randperm(n, generator=gen, device=device)
-        acc = torch.zeros((), device=device)
-        lr_now = opt.param_groups[0]["lr"]
-        for start in range(0, n, batch_size):
-            batch = w[perm[start : start + batch_size]]
-            if train_k == 1:
-                elbo = vae.elbo(batch, generator=gen)
-            else:
-                elbo = vae.iwae_bound(batch, train_k, generator=gen)
-            loss = -elbo.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            acc += elbo.detach().sum()
-        mean_elbo = float(acc) / n
-        if not math.isfinite(mean_elbo):
-            raise DwpError(
-                f"{desc}: training diverged (ELBO {mean_elbo}) at epoch {epoch + 1}; "
-                "try a smaller --lr"
-            )
-        history.append({"epoch": epoch + 1, "train_elbo": mean_elbo, "lr": lr_now})
-        bar.set_postfix(elbo=f"{mean_elbo:.2f}")
+    with flush_denormals(device):
+        for epoch in bar:
+            perm = torch.randperm(n, generator=gen, device=device)
+            acc = torch.zeros((), device=device)
+            lr_now = opt.param_groups[0]["lr"]
+            for start in range(0, n, batch_size):
+                batch = w[perm[start : start + batch_size]]
+                if train_k == 1:
+                    elbo = vae.elbo(batch, generator=gen)
+                else:
+                    elbo = vae.iwae_bound(batch, train_k, generator=gen)
+                loss = -elbo.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                acc += elbo.detach().sum()
+            mean_elbo = float(acc) / n
+            if not math.isfinite(mean_elbo):
+                raise DwpError(
+                    f"{desc}: training diverged (ELBO {mean_elbo}) at epoch {epoch + 1}; "
+                    "try a smaller --lr"
+                )
+            history.append({"epoch": epoch + 1, "train_elbo": mean_elbo, "lr": lr_now})
+            bar.set_postfix(elbo=f"{mean_elbo:.2f}")
     return vae.eval(), history
 
 
