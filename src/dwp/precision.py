@@ -80,11 +80,11 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
     block (``torch.set_flush_denormal``); the previous mode is restored on exit. Nothing on
     other devices.
 
-    Late in a long CPU training the loss is near zero on the training images and the L2
-    penalty shrinks unused weights geometrically, so gradients, Adam's moments and weights
-    pass through the subnormal range, where x86 arithmetic is many times slower: a
-    deterministic FConvMNIST step at N = 100 went from 0.04-0.06 s to 0.45-0.6 s
-    (BENCHMARKS.md, "Subnormal floats"). Flushing them changes values only below 1.2e-38.
+    Late in a long CPU training the loss is near zero on the training images and an L2
+    penalty shrinks unused weights geometrically, so weights and Adam's moments pass through
+    the subnormal range, where x86 arithmetic is many times slower: a deterministic
+    FConvMNIST step at N = 100 took 0.36-0.62 s instead of 0.034 s (BENCHMARKS.md, "Subnormal
+    floats"). Flushing them changes values only below 1.2e-38.
     """
     if device.type != "cpu":
         yield
