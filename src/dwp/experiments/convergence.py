@@ -30,6 +30,7 @@ from dwp.convvae import DEFAULT_Z, ConvVAE, binarize, elbo
 from dwp.data import ImageDataset
 from dwp.experiments.common import METHOD_COLORS, expand_for_nets, init_factory, summarise
 from dwp.nets import FConvMNIST
+from dwp.precision import flush_denormals
 from dwp.runtime import (
     DwpError,
     append_jsonl,
@@ -161,26 +162,27 @@ def run_cell(
 
     evaluate(0)
     bar = progress(total=steps, desc=f"{name}/{method}", enabled=show_progress, leave=False)
-    for step, idx in enumerate(_batches(len(train), cfg.batch_size, steps, gen), start=1):
-        xb = expand_for_nets(train_x[idx].to(device), model.n)
-        if name == "fconv":
-            yb = train.labels[idx].to(device)
-            logits = model.forward(xb, train=True)
-            loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.n)) * model.n
-        else:
-            logits, mu, logvar = model.forward(xb, train=True)
-            loss = -_elbo_nets(logits, mu, logvar, xb[0]).mean(1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        every = cfg.eval_every if name == "fconv" else cfg.vae_eval_every
-        if step % every == 0 or step == steps:
-            evaluate(step)
-            last = rows[-1].get("test_acc", rows[-1].get("test_elbo"))
-            bar.set_postfix({"metric": f"{last:.3f}"})
-        if name == "vae" and step in cfg.sample_steps:
-            samples.append(_decode_samples(model, z_fixed, device))
-        bar.update(1)
+    with flush_denormals(device):
+        for step, idx in enumerate(_batches(len(train), cfg.batch_size, steps, gen), start=1):
+            xb = expand_for_nets(train_x[idx].to(device), model.n)
+            if name == "fconv":
+                yb = train.labels[idx].to(device)
+                logits = model.forward(xb, train=True)
+                loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.n)) * model.n
+            else:
+                logits, mu, logvar = model.forward(xb, train=True)
+                loss = -_elbo_nets(logits, mu, logvar, xb[0]).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            every = cfg.eval_every if name == "fconv" else cfg.vae_eval_every
+            if step % every == 0 or step == steps:
+                evaluate(step)
+                last = rows[-1].get("test_acc", rows[-1].get("test_elbo"))
+                bar.set_postfix({"metric": f"{last:.3f}"})
+            if name == "vae" and step in cfg.sample_steps:
+                samples.append(_decode_samples(model, z_fixed, device))
+            bar.update(1)
     bar.close()
     return rows, (torch.stack(samples) if samples else None)
 

@@ -34,6 +34,7 @@ from dwp.batched import BatchedModel
 from dwp.data import ImageDataset
 from dwp.experiments.common import METHOD_COLORS, expand_for_nets, init_factory, summarise
 from dwp.nets import FConvMNIST
+from dwp.precision import flush_denormals
 from dwp.runtime import append_jsonl, atomic_path, atomic_write_json, progress, read_jsonl
 
 WIDTH_FACTORS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -124,17 +125,18 @@ def train_heads(
     b = torch.zeros(n, num_classes, device=dev, requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=cfg.lr)
     y = train_y.to(dev)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(N, generator=generator).to(dev)
-        for start in range(0, N, cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            logits = torch.baddbmm(b[:, None, :], train_x[:, idx], w)
-            loss = F.cross_entropy(
-                logits.reshape(-1, num_classes), y[idx].repeat(n), reduction="mean"
-            ) * n
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with flush_denormals(dev):
+        for _ in range(cfg.epochs):
+            order = torch.randperm(N, generator=generator).to(dev)
+            for start in range(0, N, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                logits = torch.baddbmm(b[:, None, :], train_x[:, idx], w)
+                loss = F.cross_entropy(
+                    logits.reshape(-1, num_classes), y[idx].repeat(n), reduction="mean"
+                ) * n
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return w.detach(), b.detach()
 
 
