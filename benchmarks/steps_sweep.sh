@@ -5,7 +5,7 @@
 # with one thread each (CPU-2), then scores every run on the validation split of
 # benchmarks/bnn_validation.py (MNIST training images not among the N).
 #
-#   PRIOR=runs/prior-cpu3aug N=50 SEEDS="0 1 2 3 4" STEPS="100 250 500 1000 2000" \
+#   PRIOR=benchmarks/priors/notmnist-cpu3aug N=50 SEEDS="0 1 2 3 4" STEPS="100 250 500 1000 2000" \
 #       METHODS="dwp sn lu" bash benchmarks/steps_sweep.sh
 #
 # METHODS=mvn (the fitted Gaussian) fits its priors on KERNELS=kernel-set folder.
@@ -24,7 +24,7 @@ N=${N:-50}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 STEPS=${STEPS:-"1000 2000 4000"}
 METHODS=${METHODS:-"dwp sn lu"}
-PRIOR=${PRIOR:-runs/prior-cpu3aug}
+PRIOR=${PRIOR:-benchmarks/priors/notmnist-cpu3aug}
 JOBS=${JOBS:-2}
 VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
 TAG=${TAG:-}
