@@ -9,10 +9,13 @@ fitted Gaussian fitted on each ``--fitted KERNELS`` kernel set. Runs whose folde
 their full records) were lost keep their test accuracy in
 ``benchmarks/results/bnn-validation-cpu.jsonl``; those accuracy-only rows (the N = 1000 runs)
 count too, where no full record of the same method, prior, N and seed exists.
+``--dwp A+B+C`` pools the runs of prior folders made by one recipe (a prior and its rebuilds)
+into one curve; where several of them ran the same N and seed, A's run counts, then B's.
 Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
 
-    python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3 runs/prior-cpu3e300 \
-        --out docs/experiments/classification_cpu.png
+    python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3e300 \
+        runs/prior-cpu3aug+runs/prior-cpu3aug2+benchmarks/priors/notmnist-cpu3aug \
+        --fitted runs/kernels-notmnist-cpu3aug-3k --out docs/experiments/classification_cpu.png
 """
 
 from __future__ import annotations
@@ -33,10 +36,22 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def accuracy_only_rows(path: Path, dwp_dirs: list[str]) -> list[tuple[str, dict]]:
+def dwp_labels(specs: list[str]) -> dict[str, tuple[str, int]]:
+    """{prior folder: (curve label, rank)} for ``--dwp`` specs; a spec ``A+B`` pools folders
+    A (rank 0) and B (rank 1) under the label 'dwp (A + rebuilds)'."""
+    out = {}
+    for spec in specs:
+        dirs = spec.split("+")
+        label = f"dwp ({dirs[0]}{' + rebuilds' if len(dirs) > 1 else ''})"
+        out.update({d: (label, rank) for rank, d in enumerate(dirs)})
+    return out
+
+
+def accuracy_only_rows(path: Path, dwp_dirs: dict[str, tuple[str, int]]) -> list[tuple[str, dict]]:
     """(label, row) for the paper-length runs of ``path`` (validation rows, which keep a run's
     test accuracy) made by ``benchmarks/steps_sweep.sh``: baselines, and dwp with a prior of
-    ``dwp_dirs`` and a frozen reverse model. ``accuracy`` is their ``test_accuracy``."""
+    ``dwp_dirs`` (:func:`dwp_labels`) and a frozen reverse model. ``accuracy`` is their
+    ``test_accuracy``."""
     out = []
     for r in _jsonl(path):
         if r.get("steps") != 10000 or not str(r.get("run", "")).startswith("runs/steps-"):
@@ -44,19 +59,21 @@ def accuracy_only_rows(path: Path, dwp_dirs: list[str]) -> list[tuple[str, dict]
         if r["method"] in BASELINES:
             label = r["method"]
         elif r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs and r.get("freeze_reverse"):
-            label = f"dwp ({r['prior_dir']})"
+            label = dwp_dirs[r["prior_dir"]][0]
         else:
             continue
         out.append((label, {**r, "accuracy": r["test_accuracy"], "accuracy_only": True}))
     return out
 
 
-def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dict]]:
+def load_rows(dwp_specs: list[str], fitted: list[str] = ()) -> dict[str, list[dict]]:
     """{label: rows} for log-uniform, standard-normal, deterministic, 'dwp (PRIOR_DIR)' per
-    prior folder and 'fitted-gaussian (KERNELS)' per kernel set."""
+    ``--dwp`` spec (:func:`dwp_labels`) and 'fitted-gaussian (KERNELS)' per kernel set."""
+    dwp_dirs = dwp_labels(dwp_specs)
     groups: dict[str, list[dict]] = {m: [] for m in BASELINES}
-    groups.update({f"dwp ({d})": [] for d in dwp_dirs})
+    groups.update({label: [] for label, _ in dwp_dirs.values()})
     groups.update({f"fitted-gaussian ({k})": [] for k in fitted})
+    pooled: dict[tuple[str, int, int], tuple[int, dict]] = {}  # (label, n, seed): (rank, row)
     for name in FILES:
         for r in _jsonl(RESULTS / name):
             if r.get("steps") != 10000:
@@ -66,9 +83,14 @@ def load_rows(dwp_dirs: list[str], fitted: list[str] = ()) -> dict[str, list[dic
             elif (r["method"] == "dwp" and r.get("prior_dir") in dwp_dirs
                   and r.get("freeze_reverse") and r.get("init") == "prior"
                   and r.get("kernel_subsample") == 128 and "prior_scales" not in r):
-                groups[f"dwp ({r['prior_dir']})"].append(r)
+                label, rank = dwp_dirs[r["prior_dir"]]
+                key = (label, r["n"], r["seed"])
+                if key not in pooled or rank < pooled[key][0]:
+                    pooled[key] = (rank, r)
             elif r["method"] == "fitted-gaussian" and r.get("kernels") in fitted:
                 groups[f"fitted-gaussian ({r['kernels']})"].append(r)
+    for (label, _, _), (_, r) in pooled.items():
+        groups[label].append(r)
     have = {(label, r["n"], r["seed"]) for label, rows in groups.items() for r in rows}
     for label, r in accuracy_only_rows(RESULTS / VALIDATION, dwp_dirs):
         if (label, r["n"], r["seed"]) not in have:
@@ -88,7 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dwp", nargs="+", default=["runs/prior-cpu3"],
-                    help="prior folders whose dwp runs to show (as recorded in the rows)")
+                    help="prior folders whose dwp runs to show (as recorded in the rows); "
+                         "A+B pools a prior's rebuilds into one curve, A's runs first")
     ap.add_argument("--fitted", nargs="*", default=[],
                     help="kernel sets whose fitted-Gaussian runs to show (as recorded)")
     ap.add_argument("--out", type=Path, default=None, help="PNG to write")
