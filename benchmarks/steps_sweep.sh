@@ -59,9 +59,10 @@ for out in "${outs[@]}"; do
   [[ -f $out/metrics.json ]] && runs+=("$out")
 done
 [[ ${#runs[@]} -gt 0 ]] || { echo "no finished runs"; exit 1; }
-# name the CPU in each row's note: float rounding and speed differ between CPU-2's machines
+# name the CPU in each row's note: float rounding and speed differ between CPU-2's machines;
+# the SIMD level is the one torch dispatches its CPU kernels to
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
-if grep -q avx512f /proc/cpuinfo 2>/dev/null; then simd=AVX-512; else simd=AVX2; fi
+simd=$("$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')
 "$PY" benchmarks/add_runs.py "$RUNS_OUT" "${runs[@]}" \
   --note "CPU-2 (${cpu:-unknown CPU}, $simd), 1 thread, $JOBS runs side by side (benchmarks/steps_sweep.sh)"
 OMP_NUM_THREADS=2 "$PY" benchmarks/bnn_validation.py "${runs[@]}" --threads 2 --out "$VAL_OUT"
