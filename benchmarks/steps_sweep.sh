@@ -15,6 +15,8 @@
 # 500 steps), so a killed sweep resumes. Each finished run's record (its metrics.json, via
 # benchmarks/add_runs.py) is appended to $RUNS_OUT (default mnist-n{N}-steps-cpu.jsonl) and its
 # validation row to $VAL_OUT, both in git, so that results outlive the git-ignored run folders.
+# Each row's note says how many runs shared the CPU: $JOBS, unless SIDE_BY_SIDE says otherwise
+# (e.g. SIDE_BY_SIDE=2 for two JOBS=1 sweeps started side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,7 @@ JOBS=${JOBS:-2}
 VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
 TAG=${TAG:-}
 RUNS_OUT=${RUNS_OUT:-benchmarks/results/mnist-n$N-steps-cpu.jsonl}
+SIDE_BY_SIDE=${SIDE_BY_SIDE:-$JOBS}
 
 jobs_file=$(mktemp)
 trap 'rm -f "$jobs_file"' EXIT
@@ -64,5 +67,5 @@ done
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 simd=$("$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')
 "$PY" benchmarks/add_runs.py "$RUNS_OUT" "${runs[@]}" \
-  --note "CPU-2 (${cpu:-unknown CPU}, $simd), 1 thread, $JOBS runs side by side (benchmarks/steps_sweep.sh)"
+  --note "CPU-2 (${cpu:-unknown CPU}, $simd), 1 thread, $SIDE_BY_SIDE runs side by side (benchmarks/steps_sweep.sh)"
 OMP_NUM_THREADS=2 "$PY" benchmarks/bnn_validation.py "${runs[@]}" --threads 2 --out "$VAL_OUT"
