@@ -11,7 +11,8 @@ their full records) were lost keep their test accuracy in
 count too, where no full record of the same method, prior, N and seed exists.
 ``--dwp A+B+C`` pools the runs of prior folders made by one recipe (a prior and its rebuilds)
 into one curve; where several of them ran the same N and seed, A's run counts, then B's.
-Prints a markdown table (mean ± std over seeds, number of seeds) and writes the plot.
+Prints a markdown table (mean ± std over seeds, number of seeds), then, per dwp curve, its
+differences from each baseline paired by seed (mean, t, seeds ahead), and writes the plot.
 
     python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3e300 \
         runs/prior-cpu3aug+runs/prior-cpu3aug2+benchmarks/priors/notmnist-cpu3aug \
@@ -24,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dwp.experiments.classification import PAPER_FIG2, summarize
+from dwp.experiments.classification import PAPER_FIG2, paired_table, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
@@ -117,7 +118,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="PNG to write")
     args = ap.parse_args()
 
-    groups = {k: by_size(k, v) for k, v in load_rows(args.dwp, args.fitted).items()}
+    rows = load_rows(args.dwp, args.fitted)
+    groups = {k: by_size(k, v) for k, v in rows.items()}
     sizes = sorted({n for s in groups.values() for n in s})
     print("| method | " + " | ".join(f"N = {n}" for n in sizes) + " |")
     print("|---" * (len(sizes) + 1) + "|")
@@ -133,6 +135,10 @@ def main() -> None:
                 spread = f" ± {s[n][1]:.3f}" if s[n][2] > 1 else ""
                 cells.append(f"{s[n][0]:.3f}{spread} ({s[n][2]}){paper}")
         print(f"| {label} | " + " | ".join(cells) + " |")
+    flat = [{**r, "method": label} for label, rs in rows.items() for r in rs]
+    for label in dict.fromkeys(label for label, _ in dwp_labels(args.dwp).values()):
+        if paired := paired_table(flat, method=label, baselines=BASELINES):
+            print(f"\n{paired}")
 
     if args.out is not None:
         import matplotlib

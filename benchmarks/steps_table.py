@@ -28,6 +28,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from dwp.experiments.classification import paired_differences
+
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -132,19 +134,6 @@ def report_chosen(
         cell = by_cell[(method, best["steps"])]
         report[method] = {**cell, "missing": [s for s in seeds if s not in cell["seeds"]]}
     return report
-
-
-def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a minus b over the seeds both have: mean, sample sd, t = mean / (sd / sqrt(n)) (None
-    for fewer than 2 seeds or sd 0), and the number of seeds where a > b."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    if not diffs:
-        return {"seeds": [], "diffs": [], "mean": None, "sd": None, "t": None, "wins": 0}
-    mean, sd = mean_sd(diffs)
-    t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
-    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd, "t": t,
-            "wins": sum(d > 0 for d in diffs)}
 
 
 def plot_cells(cells: list[dict], path: Path) -> None:

@@ -139,6 +139,27 @@ def test_summary_table_and_plot(tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 1000
 
 
+def test_paired_table_pairs_by_seed():
+    from dwp.experiments.classification import paired_differences, paired_table
+
+    acc = {("dwp", 0): .80, ("dwp", 1): .70, ("dwp", 2): .75,
+           ("log-uniform", 0): .78, ("log-uniform", 1): .71, ("log-uniform", 2): .70}
+    rows = [{"method": m, "n": 50, "seed": s, "accuracy": a} for (m, s), a in acc.items()]
+    rows.append({"method": "dwp", "n": 50, "seed": 0, "accuracy": 0.1})  # a rerun: first counts
+    rows.append({"method": "standard-normal", "n": 100, "seed": 0, "accuracy": 0.9})  # no dwp
+    # by hand: diffs +0.02, -0.01, +0.05; mean 0.02, sd 0.03, t = 0.02 / (0.03 / sqrt 3) = 1.15
+    d = paired_differences({0: .80, 1: .70, 2: .75}, {0: .78, 1: .71, 2: .70})
+    assert d["seeds"] == [0, 1, 2] and d["wins"] == 2
+    assert abs(d["mean"] - 0.02) < 1e-12 and abs(d["sd"] - 0.03) < 1e-12
+    assert abs(d["t"] - 0.02 / (0.03 / 3 ** 0.5)) < 1e-9
+    assert paired_differences({0: .5}, {0: .4})["t"] is None  # one seed: no t
+    assert paired_differences({0: .5}, {1: .4})["mean"] is None  # no shared seed
+    table = paired_table(rows)
+    assert "| dwp − log-uniform | +0.020 (t +1.2, ahead 2/3) |" in table
+    assert "standard-normal" not in table and "deterministic" not in table  # no shared seed
+    assert paired_table([r for r in rows if r["method"] != "log-uniform"]) == ""
+
+
 def test_experiment_classification_resumes(tmp_path, data_root):
     from dwp.cli import main
     from dwp.runtime import read_jsonl

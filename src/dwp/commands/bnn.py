@@ -185,7 +185,8 @@ def train_bnn(
 EXPERIMENT_COMMAND = {
     "short_help": "Paper Fig. 2: test accuracy vs N for each prior, over seeds.",
     "help": "The classification grid (paper Fig. 2/5): sizes x methods x seeds of train-bnn, "
-    "resumable; writes results.jsonl, summary.md and accuracy.png.",
+    "resumable; writes results.jsonl, summary.md (mean ± sd per cell; dwp minus each baseline "
+    "paired by seed) and accuracy.png.",
 }
 
 
@@ -276,7 +277,7 @@ def experiment_classification(
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
     from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
-    from dwp.experiments.classification import plot_accuracy, summary_table
+    from dwp.experiments.classification import paired_table, plot_accuracy, summary_table
     from dwp.precision import check_precision
     from dwp.priorspec import canonical_method, resolve_priors
     from dwp.runtime import (
@@ -367,6 +368,8 @@ def experiment_classification(
         (out / "checkpoints").rmdir()
     rows = [r for r in read_jsonl(results) if r["method"] in method_list]
     table = summary_table(rows)
+    if paired := paired_table(rows):
+        table += "\n\n" + paired
     atomic_write_text(out / "summary.md", table + "\n")
     plot_accuracy(rows, out / "accuracy.png")
     typer.echo(table)

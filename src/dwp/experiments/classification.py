@@ -3,6 +3,7 @@ markdown table and a plot, with the paper's published points beside ours."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -50,6 +51,53 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
                          f"{s['mean']:.3f} ± {s['std']:.3f} ({s['runs']}){paper}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """``a`` minus ``b`` over the seeds both have ({seed: accuracy} each): the seeds, the
+    differences, their mean and sample sd, t = mean / (sd / sqrt(seeds)) (None for fewer than 2
+    seeds or sd 0), and ``wins``, the number of seeds where a > b. Mean and sd are None when no
+    seed is shared."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if not diffs:
+        return {"seeds": [], "diffs": [], "mean": None, "sd": None, "t": None, "wins": 0}
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    t = mean / (sd / len(diffs) ** 0.5) if len(diffs) > 1 and sd > 0 else None
+    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd, "t": t,
+            "wins": sum(d > 0 for d in diffs)}
+
+
+def paired_table(rows: list[dict[str, Any]], method: str = "dwp",
+                 baselines: tuple[str, ...] = ("log-uniform", "standard-normal",
+                                               "deterministic")) -> str:
+    """A markdown table of ``method`` minus each baseline, paired by seed at each N: cells
+    'mean difference (t, seeds where method is ahead / shared seeds)'. A seed's first row
+    counts where a (method, n, seed) has several. Empty string if no baseline shares a seed
+    with ``method``."""
+    acc: dict[tuple[str, int], dict[int, float]] = {}
+    for r in rows:
+        acc.setdefault((r["method"], int(r["n"])), {}).setdefault(int(r["seed"]),
+                                                                 float(r["accuracy"]))
+    sizes = sorted({n for m, n in acc if m == method})
+    lines = []
+    for base in baselines:
+        cells, shared = [], False
+        for n in sizes:
+            d = paired_differences(acc[(method, n)], acc.get((base, n), {}))
+            if d["mean"] is None:
+                cells.append("-")
+                continue
+            shared = True
+            t = f"t {d['t']:+.1f}, " if d["t"] is not None else ""
+            cells.append(f"{d['mean']:+.3f} ({t}ahead {d['wins']}/{len(d['seeds'])})")
+        if shared:
+            lines.append(f"| {method} − {base} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| paired by seed | " + " | ".join(f"N={n}" for n in sizes) + " |",
+                      "|---" * (len(sizes) + 1) + "|", *lines])
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Any) -> None:
