@@ -93,3 +93,18 @@ def test_features_standardize_flag(tmp_path, data_root):
     rows = read_jsonl(out / "results.jsonl")
     assert len(rows) == 5 and all(r["standardize"] is True for r in rows)
     assert json.loads((out / "config.json").read_text())["config"]["standardize"] is True
+
+
+def test_convergence_plot_survives_a_diverged_method(tmp_path):
+    """A method whose ELBO is NaN (seen with the --quick pipeline's collapsed priors) is drawn
+    as a gap; the plot is still written."""
+    from dwp.experiments.convergence import plot_convergence
+
+    elbo = [{"method": "dwp", "step": s, "n": 3, "mean": float("nan"), "std": float("nan")}
+            for s in (0, 100, 200)]  # first, as in the summary's order
+    elbo += [{"method": "xavier", "step": s, "n": 3, "mean": -500.0 + s, "std": 1.0}
+             for s in (0, 100, 200)]
+    acc = [{"method": m, "step": s, "n": 3, "mean": 0.5, "std": 0.01}
+           for m in ("dwp", "xavier") for s in (0, 100)]
+    plot_convergence({"test_elbo": elbo, "test_acc": acc}, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -17,6 +17,7 @@ bands) and ``vae_samples.png`` (rows: methods, columns: steps).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -259,9 +260,12 @@ def plot_convergence(summary: dict[str, Any], path: Path) -> None:
         if key == "test_acc":
             lo = min((100 * r["mean"] for r in rows if r["step"] > 0), default=0.0)
             ax.set_ylim(max(0.0, lo - 5), 100)
-        else:
-            lo = min(r["mean"] for r in rows if r["step"] >= max(q["step"] for q in rows) // 10)
-            ax.set_ylim(lo - 20, max(r["mean"] for r in rows) + 5)
+        else:  # a diverged method (NaN ELBO) is drawn as a gap and leaves the limits alone
+            finite = [r for r in rows if math.isfinite(r["mean"])]
+            late = [r["mean"] for r in finite
+                    if r["step"] >= max(q["step"] for q in finite) // 10]
+            if late:
+                ax.set_ylim(min(late) - 20, max(r["mean"] for r in finite) + 5)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
