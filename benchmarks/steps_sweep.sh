@@ -15,6 +15,8 @@
 # 500 steps), so a killed sweep resumes. Each finished run's record (its metrics.json, via
 # benchmarks/add_runs.py) is appended to $RUNS_OUT (default mnist-n{N}-steps-cpu.jsonl) and its
 # validation row to $VAL_OUT, both in git, so that results outlive the git-ignored run folders.
+# EXTRA (default empty) is passed to every train-bnn command, e.g. EXTRA="--init prior-mean"
+# with TAG=-pmean for a variant of the default recipe.
 # Each row's note says how many runs shared the CPU: $JOBS, unless SIDE_BY_SIDE says otherwise
 # (e.g. SIDE_BY_SIDE=2 for two JOBS=1 sweeps started side by side).
 set -euo pipefail
@@ -30,6 +32,7 @@ PRIOR=${PRIOR:-benchmarks/priors/notmnist-cpu3aug}
 JOBS=${JOBS:-2}
 VAL_OUT=${VAL_OUT:-benchmarks/results/bnn-validation-cpu.jsonl}
 TAG=${TAG:-}
+EXTRA=${EXTRA:-}
 RUNS_OUT=${RUNS_OUT:-benchmarks/results/mnist-n$N-steps-cpu.jsonl}
 SIDE_BY_SIDE=${SIDE_BY_SIDE:-$JOBS}
 
@@ -48,7 +51,7 @@ for steps in $STEPS; do
       elif [[ $method == mvn ]]; then
         extra="--kernels ${KERNELS:?METHODS=mvn needs KERNELS=kernel-set folder}"
       fi
-      echo "OMP_NUM_THREADS=1 $DWP train-bnn --prior $method $extra --n $N --seed $seed \
+      echo "OMP_NUM_THREADS=1 $DWP train-bnn --prior $method $extra $EXTRA --n $N --seed $seed \
 --steps $steps --device cpu --no-progress --out $out > $out.log 2>&1 || echo FAILED $out" >> "$jobs_file"
     done
   done

@@ -12,7 +12,7 @@ from linear_vae import exact_log_prob, set_exact_posterior
 
 from dwp.cli import main
 from dwp.priors import KernelVAE, load_prior
-from dwp.priors.fit import evaluate_prior, train_kernel_vae
+from dwp.priors.fit import evaluate_prior, sample_norm_check, train_kernel_vae
 from dwp.priors.gaussian import kl_diag_vs_full
 from dwp.priors.vae import linear_gaussian_marginal, parameter_count
 from dwp.runtime import DwpError
@@ -101,6 +101,76 @@ def test_linear_gaussian_iwae_approaches_closed_form_log_density():
     assert float((exact - iw1).mean()) > 0.3
     assert float((exact - iw_big).abs().mean()) < 0.02
     assert float((exact - iw_big).mean()) > -0.005  # a lower bound in expectation
+
+
+def test_decoder_variance_cap_bounds_the_variance_and_keeps_the_density_exact():
+    # the capped decoder log-variance c - softplus(c - v) stays below c and ~v far below it
+    vae = KernelVAE(5, max_log_var=-4.0)
+    z = torch.randn(2000, vae.z_dim) * 6  # far into the tails of p(z)
+    with torch.no_grad():
+        vae.decoder.fc_var.bias.add_(10.0)  # an uncapped decoder would give log-variance ~10
+        _, capped = vae.decode(z)
+        _, raw = vae.decoder(z)
+    assert float(capped.max()) < -4.0 < float(raw.min())
+    low = torch.tensor([-12.0])
+    torch.testing.assert_close(-4.0 - torch.nn.functional.softplus(-4.0 - low), low, atol=1e-3,
+                               rtol=0)
+    # a linear-Gaussian VAE with a cap: set the raw log-variance v so that the capped one is the
+    # wanted noise variance; with the exact posterior the K = 1 IWAE is exact, so the cap
+    # enters log p(w|z) and the closed-form marginal the same way
+    ref = _linear_vae()
+    cap = -1.5
+    capped_vae = KernelVAE(3, z_dim=2, arch="linear", max_log_var=cap)
+    capped_vae.load_state_dict(ref.state_dict())
+    noise = torch.exp(ref.decoder.log_var.detach())
+    with torch.no_grad():
+        capped_vae.decoder.log_var.copy_(cap - torch.log(torch.expm1(cap - torch.log(noise))))
+    _, lv = capped_vae.decode(torch.zeros(1, 2))
+    torch.testing.assert_close(lv.flatten().exp(), noise, rtol=1e-4, atol=1e-7)
+    w = capped_vae.sample(30, generator=torch.Generator().manual_seed(4)).detach()
+    exact = _exact_log_prob(capped_vae, w)
+    torch.testing.assert_close(exact, _exact_log_prob(ref, w))
+    iw1 = capped_vae.iwae_log_prob(w, k=1, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(iw1, exact, atol=1e-4)
+
+
+def test_decoder_variance_cap_is_saved_and_old_configs_load_uncapped(tmp_path):
+    from dwp.priors import save_prior
+
+    save_prior(KernelVAE(7, max_log_var=-6.5), tmp_path / "capped", {})
+    save_prior(KernelVAE(7), tmp_path / "plain", {})
+    assert load_prior(tmp_path / "capped").max_log_var == -6.5
+    plain_meta = json.loads((tmp_path / "plain" / "prior.json").read_text())
+    assert "max_log_var" not in plain_meta["config"]  # priors saved before the cap still match
+    assert load_prior(tmp_path / "plain").max_log_var is None
+    with pytest.raises(DwpError, match="max_log_var"):
+        KernelVAE(7, max_log_var=math.inf)
+
+
+def test_train_prior_decoder_var_cap_data_uses_the_kernels_variance(tmp_path, capsys):
+    from dwp.priors.fit import data_log_var
+
+    kernels = _edges(200, 7, seed=2)
+    np.save(tmp_path / "k7.npy", kernels.numpy())
+    rc = main(["train-prior", str(tmp_path / "k7.npy"), "--out", str(tmp_path / "p"),
+               "--epochs", "2", "--iwae-k", "1", "--decoder-var-cap", "data", "--no-progress"])
+    assert rc in (0, None)
+    prior = load_prior(tmp_path / "p" / "k7")
+    by_hand = math.log(float(kernels.double().var(dim=0).mean()))
+    assert prior.max_log_var == pytest.approx(by_hand, rel=1e-6)
+    assert data_log_var(kernels) == pytest.approx(by_hand, rel=1e-9)
+    with torch.no_grad():
+        _, lv = prior.decode(torch.randn(500, prior.z_dim) * 5)
+    assert float(lv.max()) < by_hand
+    for bad, msg in (("-1", "positive number"), ("lots", "positive number")):
+        rc = main(["train-prior", str(tmp_path / "k7.npy"), "--out", str(tmp_path / "bad"),
+                   "--decoder-var-cap", bad, "--no-progress"])
+        assert rc == 2 and msg in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    rc = main(["train-prior", str(tmp_path / "k7.npy"), "--family", "mvn", "--out",
+               str(tmp_path / "bad"), "--decoder-var-cap", "data", "--no-progress"])
+    assert rc == 2 and "for --family vae" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_auxiliary_kl_bound_is_above_exact_kl_and_tight_for_exact_posterior():
@@ -314,6 +384,50 @@ def test_cli_warns_when_the_trained_vae_ignores_its_latent_code(tmp_path, capsys
     assert "training kernels for" not in out.err  # 128 kernels of 49 entries: enough
     metrics = json.loads((tmp_path / "p" / "k7" / "metrics.json").read_text())
     assert metrics["active_latent_dims"] == 0 and metrics["latent_dims"] == 2
+
+
+def test_sample_norm_check_tells_a_matching_prior_from_a_too_broad_one():
+    from dwp.priors import FittedGaussian, StandardNormal
+
+    torch.manual_seed(5)
+    data = torch.randn(20_000, 3, 3) * 0.1
+    gen = torch.Generator().manual_seed(0)
+    fitted = sample_norm_check(FittedGaussian.fit(data), data, generator=gen)
+    # same distribution: ~1% of 10,000 draws beyond the data's p99 (binomial sd 0.1%)
+    assert 0.006 < fitted["samples_above_data_p99"] < 0.015
+    assert fitted["samples_above_2x_data_p99"] == 0.0
+    assert fitted["sample_norm"]["p50"] == pytest.approx(fitted["data_norm"]["p50"], rel=0.03)
+    broad = sample_norm_check(StandardNormal(), data, generator=gen)  # 10x the data's scale
+    assert broad["samples_above_data_p99"] == 1.0
+    assert broad["samples_above_2x_data_p99"] > 0.99  # P(chi2_9 < (2 x 4.65 / 10)^2) = 4e-4
+    assert broad["sample_norm"]["p50"] > 8 * broad["data_norm"]["p50"]
+    assert broad["n_samples"] == 10_000
+
+
+def test_train_prior_warns_when_prior_samples_are_far_larger_than_the_kernels(
+    tmp_path, capsys, monkeypatch
+):
+    import dwp.commands.priors as priors_cmd
+
+    real = priors_cmd.evaluate_prior
+
+    def broad_decoder(prior, *args, **kwargs):
+        with torch.no_grad():
+            prior.decoder.fc_var.bias.add_(8.0)  # decoder variance ~e^8 times larger
+        return real(prior, *args, **kwargs)
+
+    np.save(tmp_path / "k7.npy", _edges(128, 7, seed=8).numpy())
+    args = ["train-prior", str(tmp_path / "k7.npy"), "--epochs", "1", "--iwae-k", "1",
+            "--no-progress"]
+    assert main([*args, "--family", "mvn", "--out", str(tmp_path / "ok")]) in (0, None)
+    out = capsys.readouterr()
+    assert "samples > train p99" in out.out
+    assert "more than twice as large as 99% of its training" not in out.err
+    monkeypatch.setattr(priors_cmd, "evaluate_prior", broad_decoder)
+    assert main([*args, "--out", str(tmp_path / "broad")]) in (0, None)
+    assert "more than twice as large as 99% of its training" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "broad" / "k7" / "metrics.json").read_text())
+    assert metrics["sample_norms"]["samples_above_2x_data_p99"] > 0.5
 
 
 def test_train_prior_warns_about_too_few_kernels(tmp_path, capsys):

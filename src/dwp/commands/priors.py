@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ import typer
 from dwp.commands.options import Device, Progress, as_path, check_at_least_one, check_lr
 from dwp.kernelsets import find_layers, load_kernel_file, read_metadata
 from dwp.priors import FAMILIES, get_family, load_prior_dir, read_prior_meta, save_prior
-from dwp.priors.fit import evaluate_prior, fit_prior
+from dwp.priors.fit import SAMPLE_TAIL_WARN, data_log_var, evaluate_prior, fit_prior
 from dwp.runtime import (
     DwpError,
     atomic_write_json,
@@ -72,6 +73,12 @@ def train_prior(
         1, "--train-k", help="Importance samples in the VAE training objective: 1 = the ELBO "
         "(paper), K > 1 = the K-sample IWAE bound (tighter; about K times the decoder cost).",
     ),
+    decoder_var_cap: str = typer.Option(
+        "none", "--decoder-var-cap", help="Cap on the VAE decoder's per-entry variance: 'none' "
+        "(the paper), 'data' (the training kernels' per-entry variance, so p(w|z) is never "
+        "broader than the data; keeps the decoder variance from exploding where p(z) has mass "
+        "but no training kernel was encoded) or a positive number.",
+    ),
     iwae_k: str = typer.Option("1,100,1000", help="IWAE sample counts for test metrics."),
     iwae_max_kernels: int = typer.Option(
         2000, help="IWAE on at most this many random test kernels (0: all)."
@@ -100,6 +107,9 @@ def train_prior(
         if value < 0:
             raise DwpError(f"{flag} must be >= 0 (0: all), got {value}")
     check_lr(lr)
+    cap = _parse_var_cap(decoder_var_cap)
+    if cap != "none" and family != "vae":
+        raise DwpError(f"--decoder-var-cap is for --family vae, not {family!r}: drop it")
     kernels = as_path(kernels)
     test = as_path(test)
     out = as_path(out)
@@ -116,6 +126,8 @@ def train_prior(
     }
     if train_k != 1:  # recorded only when set, so folders from before the flag still resume
         config["train_k"] = train_k
+    if cap != "none":  # likewise
+        config["decoder_var_cap"] = cap
     prepare_run_dir(out, "train-prior", config)
     all_metrics: dict[str, dict] = {}
     for name, path in layers.items():
@@ -142,7 +154,8 @@ def train_prior(
             )
         vae_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, z_dim=z_dim,
                           hidden=hidden, arch=arch, device=dev, seed=seed,
-                          show_progress=show_progress, desc=name, train_k=train_k)
+                          show_progress=show_progress, desc=name, train_k=train_k,
+                          max_log_var=_cap_log_var(cap, train))
         prior, history = fit_prior(family, train, **(vae_kwargs if family == "vae" else {}))
         metrics = evaluate_prior(
             prior, train, test_w, iwae_ks=ks, iwae_max_kernels=iwae_max_kernels or None,
@@ -180,8 +193,42 @@ def train_prior(
                 "weight prior. Retrain it (another --seed, more --epochs, or --train-k 8) before "
                 "using it.", err=True,
             )
+        tail = (metrics.get("sample_norms") or {}).get("samples_above_2x_data_p99")
+        if tail is not None and tail > SAMPLE_TAIL_WARN:
+            sn = metrics["sample_norms"]
+            typer.echo(
+                f"warning: {name}: {tail:.1%} of the kernels sampled from this prior are more "
+                f"than twice as large as 99% of its training kernels (sample norm p90 "
+                f"{sn['sample_norm']['p90']:.3g}, p99 {sn['sample_norm']['p99']:.3g}; training "
+                f"p99 {sn['data_norm']['p99']:.3g}). Its density may still score well, but "
+                "initialising from its samples (init_from_prior, train-bnn --init prior) draws "
+                "some kernels far too large; for a VAE the decoder variance grows where no "
+                "training kernel was encoded. Retrain with --decoder-var-cap data (or more "
+                "--epochs or source kernels), or initialise with --init prior-mean.", err=True,
+            )
     atomic_write_json(out / "metrics.json", all_metrics)
     typer.echo(f"wrote {out}/metrics.json")
+
+
+def _parse_var_cap(text: str) -> str | float:
+    """``--decoder-var-cap``: 'none', 'data' or a positive variance."""
+    if text in ("none", "data"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise DwpError(f"--decoder-var-cap must be 'none', 'data' or a positive number, got "
+                       f"{text!r}")
+    return value
+
+
+def _cap_log_var(cap: str | float, train: torch.Tensor) -> float | None:
+    """The decoder log-variance cap for one layer's training kernels (N, k, k)."""
+    if cap == "none":
+        return None
+    return data_log_var(train) if cap == "data" else math.log(cap)
 
 
 def _fmt(x) -> str:
@@ -195,6 +242,10 @@ def _summary(name: str, m: dict) -> str:
         parts.append("iwae " + " ".join(f"K={k}:{_fmt(v)}" for k, v in m["test_iwae"].items()))
     if m.get("latent_dims"):
         parts.append(f"active z {m['active_latent_dims']}/{m['latent_dims']}")
+    if m.get("sample_norms"):
+        sn = m["sample_norms"]
+        parts.append(f"samples > train p99 {sn['samples_above_data_p99']:.1%} "
+                     f"(> 2x: {sn['samples_above_2x_data_p99']:.1%})")
     if m.get("test_loglik"):
         parts.append(f"mvn {_fmt(m['test_loglik']['fitted_gaussian'])}")
         parts.append(f"iso {_fmt(m['test_loglik']['isotropic_gaussian'])}")

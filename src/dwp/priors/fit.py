@@ -21,6 +21,11 @@ from dwp.priors.vae import KernelVAE
 from dwp.runtime import DwpError, progress
 
 VAE_DEFAULTS: dict[str, Any] = {"epochs": 300, "batch_size": 128, "lr": 1e-3}
+#: ``dwp train-prior`` warns when more than ``SAMPLE_TAIL_WARN`` of a prior's samples have a
+#: norm above ``SAMPLE_TAIL_FACTOR`` times the 99th-percentile norm of its training kernels (a
+#: prior that matches its data, even a Gaussian fitted to light-tailed kernels, gives ~0).
+SAMPLE_TAIL_FACTOR = 2.0
+SAMPLE_TAIL_WARN = 0.01
 
 
 def train_kernel_vae(
@@ -37,6 +42,7 @@ def train_kernel_vae(
     show_progress: bool = True,
     desc: str = "vae",
     train_k: int = 1,
+    max_log_var: float | None = None,
 ) -> tuple[KernelVAE, list[dict[str, float]]]:
     """Train a ``KernelVAE`` on kernels (N, k, k); return it (eval mode) and per-epoch history.
 
@@ -45,6 +51,7 @@ def train_kernel_vae(
     The history holds ``{"epoch", "train_elbo", "lr"}`` per epoch, ``train_elbo`` being the
     mean training bound per kernel over that epoch's batches (nats; the ELBO when train_k=1).
     Initialisation and batching are seeded by ``seed`` without touching the global RNG.
+    ``max_log_var``: the decoder log-variance cap of :class:`KernelVAE` (``None``: none).
     """
     if epochs < 1 or batch_size < 1 or train_k < 1 or not lr > 0:
         raise DwpError(
@@ -55,7 +62,7 @@ def train_kernel_vae(
     n, k = w.shape[0], w.shape[-1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = KernelVAE(k, z_dim=z_dim, hidden=hidden, arch=arch)
+        vae = KernelVAE(k, z_dim=z_dim, hidden=hidden, arch=arch, max_log_var=max_log_var)
     vae = vae.to(device).train()
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     steps_per_epoch = math.ceil(n / batch_size)
@@ -90,6 +97,15 @@ def train_kernel_vae(
             history.append({"epoch": epoch + 1, "train_elbo": mean_elbo, "lr": lr_now})
             bar.set_postfix(elbo=f"{mean_elbo:.2f}")
     return vae.eval(), history
+
+
+def data_log_var(kernels: torch.Tensor) -> float:
+    """Log of the kernels' per-entry variance, averaged over the k x k positions: (N, k, k) ->
+    float. The decoder-variance cap of ``dwp train-prior --decoder-var-cap data``."""
+    w = as_kernels(kernels, "kernels").double()
+    if w.shape[0] < 2:
+        raise DwpError("a data variance needs at least 2 kernels")
+    return math.log(float(w.var(dim=0).mean()))
 
 
 def fit_prior(family: str, kernels: torch.Tensor, **vae_kwargs: Any) -> tuple[KernelPrior, list]:
@@ -127,6 +143,43 @@ def _mean_in_batches(fn, w: torch.Tensor, batch: int = 8192) -> float:
 
 
 @torch.no_grad()
+def sample_norm_check(
+    prior: KernelPrior,
+    kernels: torch.Tensor,
+    n_samples: int = 10_000,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Compare the norms of kernels drawn from ``prior`` with those of ``kernels`` (N, k, k).
+
+    Returns ``data_norm`` and ``sample_norm`` ({"p50", "p90", "p99"} of the Frobenius norms),
+    ``samples_above_data_p99``, the fraction of the ``n_samples`` draws whose norm exceeds the
+    data's 99th percentile (about 0.01 for a prior whose samples look like the data), and
+    ``samples_above_2x_data_p99``, the fraction beyond ``SAMPLE_TAIL_FACTOR`` (2) times it (about
+    0). More means samples too large -- e.g. from a VAE decoder whose variance grows in regions
+    of z where the encoder put no training kernel, which ``p(z) = N(0, I)`` still visits.
+    Draws with a non-finite norm count as too large.
+    Initialising from prior samples (``init_from_prior``, ``train-bnn --init prior``) then
+    draws some kernels many times larger than any the source nets learned.
+    """
+    kernels = as_kernels(kernels, "kernels")
+    q = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)
+    names = ("p50", "p90", "p99")
+    data = kernels.flatten(1).double().norm(dim=1).cpu()
+    draws = prior.sample(n_samples, int(kernels.shape[-1]), generator=generator)
+    drawn = draws.flatten(1).double().norm(dim=1).cpu()
+    drawn = drawn.nan_to_num(math.inf)
+    data_q, drawn_q = torch.quantile(data, q), torch.quantile(drawn, q)
+    return {
+        "data_norm": dict(zip(names, data_q.tolist(), strict=True)),
+        "sample_norm": dict(zip(names, drawn_q.tolist(), strict=True)),
+        "samples_above_data_p99": float((drawn > data_q[2]).double().mean()),
+        "samples_above_2x_data_p99": float((drawn > SAMPLE_TAIL_FACTOR * data_q[2]).double()
+                                           .mean()),
+        "n_samples": int(n_samples),
+    }
+
+
+@torch.no_grad()
 def evaluate_prior(
     prior: KernelPrior,
     train: torch.Tensor,
@@ -147,7 +200,9 @@ def evaluate_prior(
     test set, and as ``test_loglik_iwae_subset`` over the IWAE subset), plus counts. For a VAE
     also ``latent_activity`` (variance of the encoder mean over the train kernels, per latent
     dimension), ``latent_dims`` and ``active_latent_dims`` (activity > 0.01; 0 means the VAE
-    ignores z: posterior collapse).
+    ignores z: posterior collapse). For proper priors also ``sample_norms``: the norms of
+    10,000 prior samples against those of the train kernels (:func:`sample_norm_check`; its own
+    generator, so the other scores do not depend on it).
     The log-uniform prior is improper: its scores are reported as ``None``.
     """
     device = torch.device(device)
@@ -180,6 +235,9 @@ def evaluate_prior(
         out["latent_dims"] = int(activity.numel())
         out["active_latent_dims"] = int((activity > ACTIVE_LATENT_THRESHOLD).sum())
         out["latent_activity"] = [float(a) for a in activity]
+    if proper:
+        sample_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        out["sample_norms"] = sample_norm_check(prior, train, generator=sample_gen)
     if test is None:
         return out
     prior.check_kernels(test, "test kernels")

@@ -172,6 +172,10 @@ class KernelVAE(KernelPrior):
         Latent size and hidden width; ``None`` takes the architecture's default.
     arch:
         ``"auto"`` (paper for k in {5, 7}, else generic), ``"paper"``, ``"generic"``, ``"linear"``.
+    max_log_var:
+        Optional cap on the decoder's log-variance per entry (see ``decode``); ``None`` (the
+        paper): no cap. ``dwp train-prior --decoder-var-cap data`` sets it to the log of the
+        training kernels' per-entry variance, so p(w | z) is never broader than the data.
     """
 
     family = "vae"
@@ -183,6 +187,7 @@ class KernelVAE(KernelPrior):
         z_dim: int | None = None,
         hidden: int | None = None,
         arch: str = "auto",
+        max_log_var: float | None = None,
     ) -> None:
         super().__init__(kernel_size)
         if arch not in ARCHS:
@@ -195,15 +200,21 @@ class KernelVAE(KernelPrior):
         self.z_dim = int(z_dim if z_dim is not None else defaults["z_dim"])
         self.hidden = int(hidden if hidden is not None else defaults["hidden"])
         self.arch = arch
+        if max_log_var is not None and not math.isfinite(max_log_var):
+            raise DwpError(f"max_log_var must be a finite number or None, got {max_log_var}")
+        self.max_log_var = None if max_log_var is None else float(max_log_var)
         self.encoder, self.decoder = build_networks(kernel_size, self.z_dim, self.hidden, arch)
 
     def config(self) -> dict[str, Any]:
-        return {
+        cfg: dict[str, Any] = {
             "kernel_size": self.kernel_size,
             "z_dim": self.z_dim,
             "hidden": self.hidden,
             "arch": self.arch,
         }
+        if self.max_log_var is not None:  # absent = uncapped (and priors saved before the cap)
+            cfg["max_log_var"] = self.max_log_var
+        return cfg
 
     @property
     def device(self) -> torch.device:
@@ -215,8 +226,17 @@ class KernelVAE(KernelPrior):
         return self.encoder(w)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(w | z): latents (N, z) -> mean (N, k, k), log-variance (N, k, k)."""
-        return self.decoder(z)
+        """p(w | z): latents (N, z) -> mean (N, k, k), log-variance (N, k, k).
+
+        With ``max_log_var`` set, the log-variance is ``c - softplus(c - v)`` of the decoder's
+        output v: smooth, below the cap c everywhere and ~v well below it. Without a cap the
+        decoder variance can grow without bound in regions of z that no training kernel was
+        encoded to, which p(z) still samples (see ``dwp.priors.fit.sample_norm_check``).
+        """
+        mu, log_var = self.decoder(z)
+        if self.max_log_var is not None:
+            log_var = self.max_log_var - F.softplus(self.max_log_var - log_var)
+        return mu, log_var
 
     @torch.no_grad()
     def latent_activity(self, w: torch.Tensor, batch: int = 8192) -> torch.Tensor:
@@ -237,7 +257,7 @@ class KernelVAE(KernelPrior):
         mu_z, lv_z = self.encoder(w)
         eps = torch.randn(mu_z.shape, generator=generator, device=mu_z.device, dtype=mu_z.dtype)
         z = mu_z + torch.exp(0.5 * lv_z) * eps
-        mu_w, lv_w = self.decoder(z)
+        mu_w, lv_w = self.decode(z)
         return gaussian_log_pdf(w, mu_w, lv_w) - kl_std_normal(mu_z, lv_z)
 
     def log_prob(self, w: torch.Tensor) -> torch.Tensor:
@@ -254,7 +274,7 @@ class KernelVAE(KernelPrior):
         """
         m = eps.shape[0]
         z = mu_z + torch.exp(0.5 * lv_z) * eps
-        mu_w, lv_w = self.decoder(z.reshape(-1, self.z_dim))
+        mu_w, lv_w = self.decode(z.reshape(-1, self.z_dim))
         log_pw = gaussian_log_pdf(
             w.expand(m, *w.shape).reshape(-1, *w.shape[1:]), mu_w, lv_w
         ).reshape(m, -1)
@@ -326,7 +346,7 @@ class KernelVAE(KernelPrior):
         self._resolve_k(kernel_size)
         dev = self.device
         z = torch.randn(n, self.z_dim, generator=generator, device=dev)
-        mu_w, lv_w = self.decoder(z)
+        mu_w, lv_w = self.decode(z)
         if not noise:
             return mu_w
         return mu_w + torch.exp(0.5 * lv_w) * torch.randn(
@@ -356,7 +376,7 @@ class KernelVAE(KernelPrior):
         w = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
         mu_z, lv_z = enc(w)
         z = mu_z + torch.exp(0.5 * lv_z) * torch.randn_like(mu_z)
-        mu_w, lv_w = self.decoder(z)
+        mu_w, lv_w = self.decode(z)
         return -gaussian_entropy(log_var) + kl_std_normal(mu_z, lv_z) - gaussian_log_pdf(
             w, mu_w, lv_w
         )
@@ -368,7 +388,8 @@ def linear_gaussian_marginal(vae: KernelVAE) -> tuple[torch.Tensor, torch.Tensor
         raise DwpError("linear_gaussian_marginal needs a KernelVAE with arch='linear'")
     dec = vae.decoder
     a = dec.linear.weight
-    return dec.linear.bias, a @ a.T + torch.diag(torch.exp(dec.log_var))
+    _, log_var = vae.decode(torch.zeros(1, vae.z_dim, device=a.device))  # capped, if capped
+    return dec.linear.bias, a @ a.T + torch.diag(torch.exp(log_var.flatten()))
 
 
 def parameter_count(module: nn.Module) -> int:
