@@ -53,6 +53,41 @@ def test_convergence_tiny(tmp_path, data_root):
     assert {r["step"] for r in vae} == {0, 2}
     assert all(r["test_elbo"] < 0 for r in vae)  # a log-likelihood bound of binary images
     assert (out / "convergence.png").exists()
+    # a cell's numbers do not depend on the cells run before it in the same process
+    alone = tmp_path / "conv-alone"
+    args_alone = [a if a != "filters,xavier" else "xavier" for a in args]
+    args_alone[args_alone.index(str(out))] = str(alone)
+    assert main([*args_alone, "--models", "vae"]) == 0
+    vae_alone = {(r["seed"], r["step"]): r["test_elbo"]
+                 for r in read_jsonl(alone / "results.jsonl")}
+    assert vae_alone == {(r["seed"], r["step"]): r["test_elbo"] for r in vae
+                         if r["method"] == "xavier"}
+
+
+def test_convergence_warns_about_diverged_nets(tmp_path, capsys, data_root):
+    from dwp.experiments.convergence import diverged_cells
+
+    rows = [{"model": "vae", "method": "dwp", "seed": s, "step": t, "test_elbo": v}
+            for s, t, v in ((0, 0, -600.0), (0, 25, float("nan")), (1, 0, -610.0),
+                            (1, 25, -300.0), (1, 50, float("inf")), (2, 0, -590.0))]
+    rows += [{"model": "fconv", "method": "xavier", "seed": 0, "step": 0, "test_acc": 0.1}]
+    assert diverged_cells(rows) == [
+        "vae/dwp: 2 of 3 nets diverged (non-finite test ELBO from step 25)"]
+    assert diverged_cells(rows[3:4] + rows[-1:]) == []
+    # end to end: kernels a million times too large make the VAE's ELBO non-finite
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    gen = np.random.default_rng(1)
+    for name, k in (("features.conv1", 7), ("features.conv2", 5)):
+        np.save(folder / f"{name}.npy", (1e6 * gen.standard_normal((50, k, k))).astype("f4"))
+    out = tmp_path / "conv"
+    assert main(["experiment", "convergence", "--models", "vae", "--methods", "filters",
+                 "--kernels", str(folder), "--seeds", "2", "--vae-steps", "1",
+                 "--test-examples", "20", "--out", str(out), "--device", "cpu",
+                 "--data-root", str(data_root), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "vae/filters: 2 of 2 nets diverged (non-finite test ELBO from step 0)" in err
+    assert (out / "convergence.png").exists()
 
 
 def test_missing_prior_dir_is_a_clear_error(tmp_path, capsys, data_root):

@@ -155,7 +155,12 @@ def convergence(
     (results.jsonl, summary.json, convergence.png) and VAE samples after 100..500 steps
     (vae_samples.png).
     """
-    from dwp.experiments.convergence import MODELS, ConvergenceConfig, run_convergence
+    from dwp.experiments.convergence import (
+        MODELS,
+        ConvergenceConfig,
+        diverged_cells,
+        run_convergence,
+    )
 
     model_list = tuple(m.strip() for m in models.split(",") if m.strip())
     bad = [m for m in model_list if m not in MODELS]
@@ -170,7 +175,12 @@ def convergence(
         "experiment convergence", cfg, out, prior_dir, kernels, data_root, download, device,
         None,
     )
-    run_convergence(cfg, sources, train, test, out, dev, show_progress)
+    rows = run_convergence(cfg, sources, train, test, out, dev, show_progress)
+    for line in diverged_cells(rows):
+        typer.echo(f"warning: {line}; they are left out of the plot. From step 0, the initial "
+                   "kernels are likely too large: check the prior's sample_norms in its "
+                   "metrics.json (dwp train-prior --decoder-var-cap data keeps VAE samples "
+                   "in the training kernels' range).", err=True)
     typer.echo(f"results: {out / 'results.jsonl'}; figures: {out / 'convergence.png'}, "
                f"{out / 'vae_samples.png'}")
 

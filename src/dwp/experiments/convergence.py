@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,12 @@ def run_cell(
 
     evaluate(0)
     bar = progress(total=steps, desc=f"{name}/{method}", enabled=show_progress, leave=False)
-    with flush_denormals(device):
+    # The VAE's reparameterisation noise comes from torch's global RNG: seed it per model (the
+    # same noise for every method: common random numbers), so that a cell's numbers do not
+    # depend on which cells ran before it in this process (e.g. after a resume).
+    cuda = [device] if device.type == "cuda" else []
+    with flush_denormals(device), torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(zlib.crc32(f"convergence/{cfg.seed}/{name}".encode()))
         for step, idx in enumerate(_batches(len(train), cfg.batch_size, steps, gen), start=1):
             xb = expand_for_nets(train_x[idx].to(device), model.n)
             if name == "fconv":
@@ -227,6 +233,25 @@ def run_convergence(
     plot_convergence(summary, out / "convergence.png")
     plot_vae_samples(out, cfg, out / "vae_samples.png")
     return rows
+
+
+def diverged_cells(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per (model, method) with nets whose metric went non-finite (NaN / inf): how
+    many of its nets, and the first step at which one did. Empty when every value is finite."""
+    first: dict[tuple[str, str], int] = {}
+    nets: dict[tuple[str, str], set] = {}
+    bad: dict[tuple[str, str], set] = {}
+    for r in rows:
+        key = (r["model"], r["method"])
+        nets.setdefault(key, set()).add(r["seed"])
+        value = r.get("test_acc", r.get("test_elbo"))
+        if value is not None and not math.isfinite(value):
+            bad.setdefault(key, set()).add(r["seed"])
+            first[key] = min(first.get(key, r["step"]), r["step"])
+    metric = {"fconv": "test accuracy", "vae": "test ELBO"}
+    return [f"{m}/{meth}: {len(bad[(m, meth)])} of {len(nets[(m, meth)])} nets diverged "
+            f"(non-finite {metric.get(m, 'metric')} from step {first[(m, meth)]})"
+            for m, meth in sorted(bad)]
 
 
 def plot_convergence(summary: dict[str, Any], path: Path) -> None:
