@@ -35,8 +35,10 @@ def mnist_stages(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
     if quick:
         source = ["--widths", "32", "64", "--nets", "8", "--epochs", "2"]
         kernels = ["--cap", "20000"]
+        # 30 epochs on these near-noise kernels leave an uncapped VAE collapsed, with samples
+        # ~10x too large (the convergence stage's dwp VAE then diverges); the cap fixes both
         prior = ["--epochs", "30", "--max-train-kernels", "5000", "--iwae-k", "1,100",
-                 "--iwae-max-kernels", "200"]
+                 "--iwae-max-kernels", "200", "--decoder-var-cap", "data"]
         classification = ["--sizes", "50", "--methods", "dwp,standard-normal,log-uniform",
                           "--seeds", "0", "--steps", "300", "--kernel-subsample", "256",
                           "--test-examples", "2000"]
