@@ -457,3 +457,29 @@ def test_train_bnn_priors_warn_about_a_collapsed_vae(tmp_path, capsys):
     assert collapsed_vae_layers(tmp_path / "p") == ["conv1"]
     with pytest.warns(UserWarning, match="conv1 uses none of its latent dimensions"):
         resolve_priors("dwp", str(tmp_path / "p"))
+
+
+def test_train_bnn_warns_when_prior_samples_are_oversized(tmp_path, capsys):
+    from dwp.commands.bnn import _warn_oversized_samples
+    from dwp.priorspec import oversized_sample_layers
+
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    for name, k in (("conv1", 7), ("conv2", 5)):
+        np.save(kernels / f"{name}.npy", _edges(64, k, seed=1).numpy())
+    rc = main(["train-prior", str(kernels), "--out", str(tmp_path / "p"), "--epochs", "1",
+               "--iwae-k", "1", "--no-progress"])
+    assert rc in (0, None)
+    for name, frac in (("conv1", 0.12), ("conv2", 0.004)):
+        metrics_file = tmp_path / "p" / name / "metrics.json"
+        metrics = json.loads(metrics_file.read_text())
+        metrics["sample_norms"]["samples_above_2x_data_p99"] = frac
+        metrics_file.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert oversized_sample_layers(tmp_path / "p", 0.01) == [("conv1", 0.12)]
+    _warn_oversized_samples("dwp", tmp_path / "p", None)  # dwp's default init: prior samples
+    assert "conv1 (12%)" in capsys.readouterr().err
+    _warn_oversized_samples("dwp", tmp_path / "p", "prior-mean")
+    _warn_oversized_samples("log-uniform", tmp_path / "p", None)  # Xavier init
+    assert capsys.readouterr().err == ""
+

@@ -84,22 +84,35 @@ def default_posterior(method: str) -> str:
     return "truncated-alpha" if canonical_method(method) == "log-uniform" else "gaussian"
 
 
+def _layer_metrics(prior_dir: str | Path):
+    """(layer name, metrics dict) for each layer of a prior folder with a readable
+    ``metrics.json`` (written by ``dwp train-prior``); layers without one are left out."""
+    from dwp.priors import prior_layer_dirs
+
+    for d in prior_layer_dirs(prior_dir):
+        try:
+            yield d.name, json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+
+
 def collapsed_vae_layers(prior_dir: str | Path) -> list[str]:
     """Layers of a prior folder whose saved metrics report no active latent dimension.
 
-    Reads ``metrics.json`` beside each prior (written by ``dwp train-prior``); priors trained
-    before that field existed, or without metrics, are not reported.
+    Priors trained before that field existed, or without metrics, are not reported.
     """
-    from dwp.priors import prior_layer_dirs
+    return [name for name, m in _layer_metrics(prior_dir) if m.get("active_latent_dims") == 0]
 
+
+def oversized_sample_layers(prior_dir: str | Path, above: float) -> list[tuple[str, float]]:
+    """(layer, fraction) for layers whose saved ``sample_norms`` (``dwp train-prior``) put more
+    than ``above`` of the prior's samples over twice the training kernels' 99th-percentile
+    norm. Priors saved before that field existed are not reported."""
     out = []
-    for d in prior_layer_dirs(prior_dir):
-        try:
-            metrics = json.loads((d / "metrics.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if metrics.get("active_latent_dims") == 0:
-            out.append(d.name)
+    for name, m in _layer_metrics(prior_dir):
+        frac = (m.get("sample_norms") or {}).get("samples_above_2x_data_p99")
+        if frac is not None and frac > above:
+            out.append((name, float(frac)))
     return out
 
 

@@ -150,6 +150,7 @@ def train_bnn(
         config["precision"] = precision
     metrics_path = out / "metrics.json"
     priors = resolve_priors(method, as_path(prior_dir), as_path(kernels), map_location=dev)
+    _warn_oversized_samples(method, prior_dir, init)
     train = load_dataset("mnist", "train", as_path(data_root), download)
     test = load_dataset("mnist", "test", as_path(data_root), download)
     if test_examples is not None:
@@ -188,6 +189,26 @@ EXPERIMENT_COMMAND = {
     "resumable; writes results.jsonl, summary.md (mean ± sd per cell; dwp minus each baseline "
     "paired by seed) and accuracy.png.",
 }
+
+
+def _warn_oversized_samples(method: str, prior_dir: Path | None, init: str | None) -> None:
+    """Warn when the posterior means start from samples of a prior whose saved metrics say its
+    samples are far larger than its training kernels (see ``dwp train-prior``)."""
+    from dwp.priors.fit import SAMPLE_TAIL_WARN
+    from dwp.priorspec import default_init, oversized_sample_layers, parse_prior_spec
+
+    if prior_dir is None or parse_prior_spec(method) is not None:
+        return
+    if (init or default_init(method)) != "prior":
+        return
+    layers = oversized_sample_layers(as_path(prior_dir), SAMPLE_TAIL_WARN)
+    if layers:
+        which = ", ".join(f"{name} ({frac:.0%})" for name, frac in layers)
+        typer.echo(f"warning: the posterior means start from prior samples, and in {prior_dir} "
+                   f"this share of the samples of {which} is over twice the training kernels' "
+                   "99th-percentile norm (sample_norms in metrics.json). Retrain that prior with "
+                   "'dwp train-prior --decoder-var-cap data', or pass --init prior-mean.",
+                   err=True)
 
 
 def _int_list(text: str, what: str) -> list[int]:
