@@ -206,9 +206,11 @@ def _warn_oversized_samples(method: str, prior_dir: Path | None, init: str | Non
         which = ", ".join(f"{name} ({frac:.0%})" for name, frac in layers)
         typer.echo(f"warning: the posterior means start from prior samples, and in {prior_dir} "
                    f"this share of the samples of {which} is over twice the training kernels' "
-                   "99th-percentile norm (sample_norms in metrics.json). Retrain that prior with "
-                   "'dwp train-prior --decoder-var-cap data', or pass --init prior-mean.",
-                   err=True)
+                   "99th-percentile norm (sample_norms in metrics.json), so some posterior "
+                   "means start, and may stay, far larger than any source kernel. --init "
+                   "prior-mean, or a prior trained with 'dwp train-prior --decoder-var-cap data', "
+                   "avoids that (at N = 50 neither made dwp more accurate: BENCHMARKS.md, "
+                   "'Stop 36').", err=True)
 
 
 def _int_list(text: str, what: str) -> list[int]:

@@ -157,9 +157,9 @@ def sample_norm_check(
     ``samples_above_2x_data_p99``, the fraction beyond ``SAMPLE_TAIL_FACTOR`` (2) times it (about
     0). More means samples too large -- e.g. from a VAE decoder whose variance grows in regions
     of z where the encoder put no training kernel, which ``p(z) = N(0, I)`` still visits.
-    Draws with a non-finite norm count as too large.
     Initialising from prior samples (``init_from_prior``, ``train-bnn --init prior``) then
-    draws some kernels many times larger than any the source nets learned.
+    draws some kernels many times larger than any the source nets learned. Draws with a
+    non-finite norm count as too large.
     """
     kernels = as_kernels(kernels, "kernels")
     q = torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)
