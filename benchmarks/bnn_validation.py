@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 
 from dwp.bnn import evaluate
-from dwp.bnn_io import load_bnn
+from dwp.bnn_io import load_run
 from dwp.data import class_balanced_subset, load_dataset
-from dwp.priorspec import resolve_priors
 from dwp.runtime import DwpError
 
 VAL_SEED = 20261127
@@ -66,13 +65,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def score_run(run: Path, train, val_examples: int) -> dict:
-    cfg_path, model_path = run / "config.json", run / "model.safetensors"
-    if not cfg_path.is_file() or not model_path.is_file():
-        raise DwpError(f"{run} is not a finished train-bnn run (needs config.json and "
-                       f"model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())["config"]
-    priors = resolve_priors(cfg["method"], cfg.get("prior_dir"), cfg.get("kernels"))
-    model, _ = load_bnn(model_path, priors)
+    model, cfg = load_run(run)
     subset = class_balanced_subset(train.labels, int(cfg["n"]), int(cfg["seed"]))
     vidx = validation_indices(train.labels, val_examples, subset)
     torch.manual_seed(0)  # the ensemble's weight samples: the same for every run

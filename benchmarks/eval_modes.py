@@ -25,24 +25,17 @@ from pathlib import Path
 import torch
 
 from dwp.bayes import predict
-from dwp.bnn_io import load_bnn
+from dwp.bnn_io import load_run
 from dwp.data import load_dataset
 from dwp.metrics import classification_metrics
-from dwp.priorspec import resolve_priors
-from dwp.runtime import DwpError
+from dwp.runtime import DwpError, read_jsonl
 
 MODES = ("fixed", "lrt", "mean")
 
 
 def score_modes(run: Path, test, samples: int, modes: tuple[str, ...] = MODES) -> dict:
     """{"run", "method", "n", "seed", "steps", "reported", <mode>: {accuracy, nll, ece}}."""
-    cfg_path, model_path = run / "config.json", run / "model.safetensors"
-    if not cfg_path.is_file() or not model_path.is_file():
-        raise DwpError(f"{run} is not a finished train-bnn run (needs config.json and "
-                       f"model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())["config"]
-    priors = resolve_priors(cfg["method"], cfg.get("prior_dir"), cfg.get("kernels"))
-    model, _ = load_bnn(model_path, priors)
+    model, cfg = load_run(run)
     reported = json.loads((run / "metrics.json").read_text()).get("accuracy") \
         if (run / "metrics.json").is_file() else None
     row = {"run": str(run), "method": cfg["method"], "n": cfg["n"], "seed": cfg["seed"],
@@ -66,10 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    done: set[str] = set()
-    if args.out is not None and args.out.is_file():
-        done = {json.loads(line)["run"] for line in args.out.read_text().splitlines()
-                if line.strip()}
+    done = {r["run"] for r in read_jsonl(args.out)} \
+        if args.out is not None and args.out.is_file() else set()
     test = load_dataset("mnist", "test", args.data_root)
     try:
         for run in args.runs:

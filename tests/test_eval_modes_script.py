@@ -1,4 +1,5 @@
-"""benchmarks/eval_modes.py: each ensemble mode scored on a saved run, against direct calls."""
+"""benchmarks/eval_modes.py and dwp.bnn_io.load_run: a saved run rebuilt from its folder and
+scored in each ensemble mode, against direct calls."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dwp.runtime import DwpError
 
 
 def test_score_modes_matches_direct_predictions(tmp_path, data_root, benchmark_script):
-    from dwp.bayes import bayes_layers, predict
-    from dwp.bnn_io import load_bnn
+    from dwp.bayes import bayes_layers, predict, sampling
+    from dwp.bnn_io import load_bnn, load_run
     from dwp.cli import main
     from dwp.data import load_dataset
     from dwp.metrics import classification_metrics
@@ -26,6 +27,10 @@ def test_score_modes_matches_direct_predictions(tmp_path, data_root, benchmark_s
     assert row["method"] == "standard-normal" and row["n"] == 20 and row["samples"] == 3
     model, _ = load_bnn(out / "model.safetensors", resolve_priors("sn"))
     assert bayes_layers(model)
+    again, cfg = load_run(out)  # the run folder's config names the priors
+    assert cfg["method"] == "standard-normal" and cfg["n"] == 20
+    with sampling(model, "mean"), sampling(again, "mean"):
+        assert torch.equal(model(test.images), again(test.images))
     for mode in mod.MODES:
         torch.manual_seed(0)
         want = classification_metrics(predict(model, test.images, samples=3, mode=mode),

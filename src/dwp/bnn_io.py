@@ -1,5 +1,6 @@
 """Trained Bayesian CNNs on disk: :func:`save_bnn` writes one safetensors file with the
-metadata to rebuild the model, :func:`load_bnn` rebuilds it."""
+metadata to rebuild the model, :func:`load_bnn` rebuilds it, and :func:`load_run` rebuilds the
+model of a whole ``dwp train-bnn`` run folder."""
 
 from __future__ import annotations
 
@@ -95,3 +96,27 @@ def load_bnn(
         raise DwpError(f"{path} does not match the given priors: {str(exc).splitlines()[0]}") \
             from None
     return model.eval(), meta
+
+
+def load_run(
+    run: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a finished ``dwp train-bnn --out RUN`` folder.
+
+    Reads ``RUN/config.json`` (the run's command-line settings), rebuilds the priors it names
+    (``method``, ``prior_dir``, ``kernels``) and loads ``RUN/model.safetensors`` with
+    :func:`load_bnn`. Returns (model in eval mode, the config dict: ``method``, ``n``,
+    ``seed``, ``steps``, ``prior_dir``, ...).
+    """
+    from dwp.priorspec import resolve_priors
+
+    run = Path(run)
+    cfg_path, model_path = run / "config.json", run / "model.safetensors"
+    if not cfg_path.is_file() or not model_path.is_file():
+        raise DwpError(f"{run} is not a finished train-bnn run (needs config.json and "
+                       f"model.safetensors): train one with 'dwp train-bnn --out {run}'")
+    cfg = json.loads(cfg_path.read_text())["config"]
+    priors = resolve_priors(cfg["method"], cfg.get("prior_dir"), cfg.get("kernels"),
+                            map_location=map_location)
+    model, _ = load_bnn(model_path, priors, map_location=map_location)
+    return model, cfg
