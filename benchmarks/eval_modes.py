@@ -5,8 +5,9 @@ image (``predict(mode="fixed")``). The paper's published code evaluates its 10-m
 ensemble in its training-time mode instead: local reparameterisation, which draws every
 pre-activation independently per image and per position ("lrt"). For a posterior whose noise
 is small against its means both agree; where a layer's kernels have a signal-to-noise ratio
-near 1, independent noise per position averages out in the pooling and the classifier, while
-one shared weight sample does not. This script measures the difference on the same models:
+near 1, independent noise per position could average out in the pooling and the classifier,
+where one shared weight sample does not. This script measures the difference on the same
+models (BENCHMARKS.md, "Stop 37": it is small):
 
     python benchmarks/eval_modes.py runs/steps-dwp-committed-n50-t10000-s* \
         --out benchmarks/results/eval-modes-cpu.jsonl
@@ -33,8 +34,13 @@ from dwp.runtime import DwpError, read_jsonl
 MODES = ("fixed", "lrt", "mean")
 
 
-def score_modes(run: Path, test, samples: int, modes: tuple[str, ...] = MODES) -> dict:
-    """{"run", "method", "n", "seed", "steps", "reported", <mode>: {accuracy, nll, ece}}."""
+def score_modes(run: str | Path, test, samples: int, modes: tuple[str, ...] = MODES) -> dict:
+    """Score one run folder on ``test`` (an ``ImageDataset``) in each of ``modes``.
+
+    Returns {"run", "method", "n", "seed", "steps", "prior_dir", "samples",
+    "reported_accuracy" (from its metrics.json), and per mode {"accuracy", "nll", "ece"}}.
+    """
+    run = Path(run)
     model, cfg = load_run(run)
     reported = json.loads((run / "metrics.json").read_text()).get("accuracy") \
         if (run / "metrics.json").is_file() else None
