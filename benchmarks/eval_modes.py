@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 
-from dwp.bayes import predict
+from dwp.bnn import evaluate
 from dwp.bnn_io import load_run
 from dwp.data import load_dataset
-from dwp.metrics import classification_metrics
 from dwp.runtime import DwpError, read_jsonl
 
 MODES = ("fixed", "lrt", "mean")
@@ -49,8 +48,7 @@ def score_modes(run: str | Path, test, samples: int, modes: tuple[str, ...] = MO
            "samples": samples, "reported_accuracy": reported}
     for mode in modes:
         torch.manual_seed(0)
-        probs = predict(model, test.images, samples=samples, mode=mode)
-        row[mode] = classification_metrics(probs.cpu(), test.labels.cpu())
+        row[mode] = evaluate(model, test.images, test.labels, samples=samples, mode=mode)
     return row
 
 

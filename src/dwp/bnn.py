@@ -386,9 +386,13 @@ def evaluate(
     labels: torch.Tensor,
     samples: int = 10,
     batch_size: int = 1000,
+    mode: str = "fixed",
 ) -> dict[str, float]:
-    """Accuracy, NLL and ECE of the ``samples``-member ensemble (1 pass for deterministic nets)."""
-    probs = predict(model, images, samples=samples, batch_size=batch_size)
+    """Accuracy, NLL and ECE of the ``samples``-member ensemble (1 pass for deterministic nets).
+
+    ``mode`` is how :func:`dwp.bayes.predict` draws the ensemble (default: whole weight samples).
+    """
+    probs = predict(model, images, samples=samples, batch_size=batch_size, mode=mode)
     out = classification_metrics(probs.cpu(), labels.cpu())
     if not all(math.isfinite(v) for v in out.values()):
         raise DwpError(f"non-finite test metrics {out}: the model diverged")
