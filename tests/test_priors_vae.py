@@ -147,6 +147,50 @@ def test_decoder_variance_cap_is_saved_and_old_configs_load_uncapped(tmp_path):
         KernelVAE(7, max_log_var=math.inf)
 
 
+def test_decoder_variance_floor_bounds_the_variance_from_below():
+    # the floored log-variance f + softplus(v - f) stays above f and ~v far above it
+    vae = KernelVAE(5, min_log_var=-9.0)
+    z = torch.randn(500, vae.z_dim)
+    with torch.no_grad():
+        vae.decoder.fc_var.bias.sub_(30.0)  # an unfloored decoder would give ~ -30
+        _, floored = vae.decode(z)
+        _, raw = vae.decoder(z)
+    assert float(raw.max()) < -20.0 and float(floored.min()) >= -9.0
+    assert float(floored.max()) < -9.0 + 1e-3
+    high = torch.tensor([-2.0])
+    torch.testing.assert_close(-9.0 + torch.nn.functional.softplus(high + 9.0), high, atol=1e-3,
+                               rtol=0)
+    # linear-Gaussian VAE: the floor adds exactly e^(f + softplus(v - f)) - e^v to the noise
+    # variance of the closed-form marginal
+    ref = _linear_vae()
+    f = float(ref.decoder.log_var.detach().mean())
+    floored_vae = KernelVAE(3, z_dim=2, arch="linear", min_log_var=f)
+    floored_vae.load_state_dict(ref.state_dict())
+    v = ref.decoder.log_var.detach().flatten()
+    _, cov_ref = linear_gaussian_marginal(ref)
+    _, cov = linear_gaussian_marginal(floored_vae)
+    added = torch.exp(f + torch.nn.functional.softplus(v - f)) - torch.exp(v)
+    torch.testing.assert_close(torch.diagonal(cov - cov_ref).detach(), added, rtol=1e-4,
+                               atol=1e-7)
+    assert bool((added > 0).all())
+    with pytest.raises(DwpError, match="below max_log_var"):
+        KernelVAE(5, max_log_var=-9.0, min_log_var=-8.0)
+    with pytest.raises(DwpError, match="min_log_var"):
+        KernelVAE(5, min_log_var=math.nan)
+
+
+def test_decoder_variance_floor_is_saved(tmp_path):
+    from dwp.priors import save_prior
+
+    save_prior(KernelVAE(5, min_log_var=-9.5, max_log_var=-4.0), tmp_path / "floored", {})
+    loaded = load_prior(tmp_path / "floored")
+    assert (loaded.min_log_var, loaded.max_log_var) == (-9.5, -4.0)
+    assert load_prior(tmp_path / "floored").config()["min_log_var"] == -9.5
+    save_prior(KernelVAE(5), tmp_path / "plain", {})
+    plain = json.loads((tmp_path / "plain" / "prior.json").read_text())
+    assert "min_log_var" not in plain["config"]
+
+
 def test_train_prior_decoder_var_cap_data_uses_the_kernels_variance(tmp_path, capsys):
     from dwp.priors.fit import data_log_var
 

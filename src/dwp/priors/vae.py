@@ -176,6 +176,11 @@ class KernelVAE(KernelPrior):
         Optional cap on the decoder's log-variance per entry (see ``decode``); ``None`` (the
         paper): no cap. ``dwp train-prior --decoder-var-cap data`` sets it to the log of the
         training kernels' per-entry variance, so p(w | z) is never broader than the data.
+    min_log_var:
+        Optional floor on the decoder's log-variance per entry (see ``decode``); ``None`` (the
+        paper): no floor. A floor bounds how sharply p(w | z) peaks, and with it how hard the
+        prior term pulls a kernel towards the decoder mean (not in the paper; see
+        ``benchmarks/floor_prior.py``).
     """
 
     family = "vae"
@@ -188,6 +193,7 @@ class KernelVAE(KernelPrior):
         hidden: int | None = None,
         arch: str = "auto",
         max_log_var: float | None = None,
+        min_log_var: float | None = None,
     ) -> None:
         super().__init__(kernel_size)
         if arch not in ARCHS:
@@ -200,9 +206,14 @@ class KernelVAE(KernelPrior):
         self.z_dim = int(z_dim if z_dim is not None else defaults["z_dim"])
         self.hidden = int(hidden if hidden is not None else defaults["hidden"])
         self.arch = arch
-        if max_log_var is not None and not math.isfinite(max_log_var):
-            raise DwpError(f"max_log_var must be a finite number or None, got {max_log_var}")
+        for name, value in (("max_log_var", max_log_var), ("min_log_var", min_log_var)):
+            if value is not None and not math.isfinite(value):
+                raise DwpError(f"{name} must be a finite number or None, got {value}")
+        if max_log_var is not None and min_log_var is not None and min_log_var >= max_log_var:
+            raise DwpError(f"min_log_var ({min_log_var}) must be below max_log_var "
+                           f"({max_log_var}): the decoder variance floor is above its cap")
         self.max_log_var = None if max_log_var is None else float(max_log_var)
+        self.min_log_var = None if min_log_var is None else float(min_log_var)
         self.encoder, self.decoder = build_networks(kernel_size, self.z_dim, self.hidden, arch)
 
     def config(self) -> dict[str, Any]:
@@ -214,6 +225,8 @@ class KernelVAE(KernelPrior):
         }
         if self.max_log_var is not None:  # absent = uncapped (and priors saved before the cap)
             cfg["max_log_var"] = self.max_log_var
+        if self.min_log_var is not None:  # absent = no floor
+            cfg["min_log_var"] = self.min_log_var
         return cfg
 
     @property
@@ -232,8 +245,12 @@ class KernelVAE(KernelPrior):
         output v: smooth, below the cap c everywhere and ~v well below it. Without a cap the
         decoder variance can grow without bound in regions of z that no training kernel was
         encoded to, which p(z) still samples (see ``dwp.priors.fit.sample_norm_check``).
+        With ``min_log_var`` = f set, the log-variance is first ``f + softplus(v - f)``: above
+        the floor f everywhere and ~v well above it.
         """
         mu, log_var = self.decoder(z)
+        if self.min_log_var is not None:
+            log_var = self.min_log_var + F.softplus(log_var - self.min_log_var)
         if self.max_log_var is not None:
             log_var = self.max_log_var - F.softplus(self.max_log_var - log_var)
         return mu, log_var
