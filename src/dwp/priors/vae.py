@@ -180,7 +180,7 @@ class KernelVAE(KernelPrior):
         Optional floor on the decoder's log-variance per entry (see ``decode``); ``None`` (the
         paper): no floor. A floor bounds how sharply p(w | z) peaks, and with it how hard the
         prior term pulls a kernel towards the decoder mean (not in the paper; see
-        ``benchmarks/floor_prior.py``).
+        ``benchmarks/decoder_var_prior.py``).
     """
 
     family = "vae"

@@ -1,4 +1,4 @@
-"""benchmarks/floor_prior.py: a floored copy of a prior folder, whole or not at all."""
+"""benchmarks/decoder_var_prior.py: a floored or capped copy of a prior folder, or nothing."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def _prior_dir(tmp_path):
     return src
 
 
-def test_floor_prior_dir_floors_named_layers_and_copies_the_rest(tmp_path, benchmark_script):
-    mod = benchmark_script("floor_prior")
+def test_decoder_var_prior_dir_floors_named_layers_and_copies_the_rest(tmp_path, benchmark_script):
+    mod = benchmark_script("decoder_var_prior")
     src = _prior_dir(tmp_path)
-    out = mod.floor_prior_dir(src, mod.parse_floors(["conv2=-9.5"]), tmp_path / "floored")
+    out = mod.decoder_var_prior_dir(src, tmp_path / "floored",
+                                    mod.parse_layer_values(["conv2=-9.5"], "--floor"))
     before, after = load_prior_dir(src), load_prior_dir(out)
     assert sorted(after) == ["conv1", "conv2", "conv3"]
     assert after["conv2"].min_log_var == -9.5 and before["conv2"].min_log_var is None
@@ -46,17 +47,36 @@ def test_floor_prior_dir_floors_named_layers_and_copies_the_rest(tmp_path, bench
     assert load_prior(out / "conv1").min_log_var is None
 
 
-def test_floor_prior_dir_refuses_bad_input_and_leaves_nothing(tmp_path, benchmark_script):
-    mod = benchmark_script("floor_prior")
+def test_decoder_var_prior_dir_refuses_bad_input_and_leaves_nothing(tmp_path, benchmark_script):
+    mod = benchmark_script("decoder_var_prior")
     src = _prior_dir(tmp_path)
     for bad in (["conv2"], ["conv2=x"], ["=1"], ["conv2=inf"]):
         with pytest.raises(DwpError, match="LAYER=LOG_VARIANCE"):
-            mod.parse_floors(bad)
+            mod.parse_layer_values(bad, "--floor")
     with pytest.raises(DwpError, match="no layer"):
-        mod.floor_prior_dir(src, {"conv9": -9.0}, tmp_path / "a")
+        mod.decoder_var_prior_dir(src, tmp_path / "a", {"conv9": -9.0})
     with pytest.raises(DwpError, match="only a VAE"):
-        mod.floor_prior_dir(src, {"conv2": -9.0, "conv3": -9.0}, tmp_path / "b")
+        mod.decoder_var_prior_dir(src, tmp_path / "b", caps={"conv2": -9.0, "conv3": -9.0})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]  # no partial folder
-    mod.floor_prior_dir(src, {"conv2": -9.0}, tmp_path / "c")
+    mod.decoder_var_prior_dir(src, tmp_path / "c", {"conv2": -9.0})
     with pytest.raises(DwpError, match="exists"):
-        mod.floor_prior_dir(src, {"conv2": -9.0}, tmp_path / "c")
+        mod.decoder_var_prior_dir(src, tmp_path / "c", {"conv2": -9.0})
+    with pytest.raises(DwpError, match="below max_log_var"):  # floor above cap
+        mod.decoder_var_prior_dir(src, tmp_path / "d", {"conv2": -8.0}, {"conv2": -9.0})
+    assert not (tmp_path / "d").exists()
+
+
+def test_decoder_var_prior_dir_caps(tmp_path, benchmark_script):
+    mod = benchmark_script("decoder_var_prior")
+    src = _prior_dir(tmp_path)
+    out = mod.decoder_var_prior_dir(src, tmp_path / "capped", caps={"conv2": -11.0})
+    before, after = load_prior(src / "conv2"), load_prior(out / "conv2")
+    assert (after.max_log_var, after.min_log_var) == (-11.0, None)
+    z = torch.randn(200, 4)
+    with torch.no_grad():
+        mu0, lv0 = before.decode(z)
+        mu1, lv1 = after.decode(z)
+    torch.testing.assert_close(mu1, mu0)
+    assert float(lv1.max()) < -11.0 and bool((lv1 <= lv0).all())
+    derived = json.loads((out / "conv2" / "prior.json").read_text())["derived_from"]
+    assert (derived["max_log_var"], derived["min_log_var"]) == (-11.0, None)
