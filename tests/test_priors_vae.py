@@ -185,7 +185,7 @@ def test_decoder_variance_floor_is_saved(tmp_path):
     save_prior(KernelVAE(5, min_log_var=-9.5, max_log_var=-4.0), tmp_path / "floored", {})
     loaded = load_prior(tmp_path / "floored")
     assert (loaded.min_log_var, loaded.max_log_var) == (-9.5, -4.0)
-    assert load_prior(tmp_path / "floored").config()["min_log_var"] == -9.5
+    assert loaded.config()["min_log_var"] == -9.5
     save_prior(KernelVAE(5), tmp_path / "plain", {})
     plain = json.loads((tmp_path / "plain" / "prior.json").read_text())
     assert "min_log_var" not in plain["config"]
