@@ -45,6 +45,25 @@ def test_prepare_run_dir_refuses_other_config(tmp_path):
         prepare_run_dir(tmp_path / "run", "train-source", {"epochs": 4, "device": "cpu"})
 
 
+def test_prepare_run_dir_refuses_a_folder_that_is_not_a_run(tmp_path):
+    other = tmp_path / "priors"
+    (other / "conv1").mkdir(parents=True)
+    (other / "README.md").write_text("not a run")
+    with pytest.raises(DwpError, match="not a dwp run folder.*README.md, conv1"):
+        prepare_run_dir(other, "train-bnn", {"n": 50})
+    assert not (other / "config.json").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(DwpError, match="is a file"):
+        prepare_run_dir(afile, "train-bnn", {"n": 50})
+    # an empty folder (or one holding only hidden files) is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("")
+    assert prepare_run_dir(empty, "train-bnn", {"n": 50}) == empty
+    assert (empty / "config.json").exists()
+
+
 def test_jsonl_ignores_torn_last_line(tmp_path):
     p = tmp_path / "r.jsonl"
     append_jsonl(p, {"a": 1})

@@ -137,12 +137,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def prepare_run_dir(out: str | Path, command: str, config: dict[str, Any]) -> Path:
     """Create the run folder ``out`` and write ``config.json`` (command, config, dwp version).
 
-    An existing folder is reused (for resuming); its config must then match ``config``,
-    otherwise ``DwpError`` says which keys differ.
+    An existing run folder is reused (for resuming); its config must then match ``config``,
+    otherwise ``DwpError`` says which keys differ. ``DwpError`` also refuses a path that is a
+    file, and a folder that holds files but no ``config.json`` (not a dwp run folder: writing
+    there would mix a run into unrelated files).
     """
     out = Path(out)
     cfg_path = out / "config.json"
     record = {"command": command, "config": config, "dwp_version": __version__}
+    if out.exists() and not out.is_dir():
+        raise DwpError(f"--out {out} is a file, not a folder: choose a new --out")
+    if out.is_dir() and not cfg_path.exists():
+        held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if held:
+            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            raise DwpError(
+                f"--out {out} exists and is not a dwp run folder (it holds {shown} but no "
+                "config.json): choose a new --out, or an empty folder"
+            )
     if cfg_path.exists():
         try:
             old = json.loads(cfg_path.read_text())
