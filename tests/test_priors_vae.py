@@ -363,12 +363,13 @@ def test_cli_rejects_bad_kernels_without_leaving_a_prior(tmp_path, capsys):
     assert main(["train-prior", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "p"),
                  "--no-progress"]) == 2
     assert "NaN or inf" in capsys.readouterr().err
-    assert not (tmp_path / "p" / "bad").exists()
+    assert not (tmp_path / "p").exists()  # checked before the run folder is made
     np.save(tmp_path / "k5.npy", _edges(50, 5).numpy())
     np.save(tmp_path / "k7.npy", _edges(50, 7).numpy())
     assert main(["train-prior", str(tmp_path / "k5.npy"), "--test", str(tmp_path / "k7.npy"),
                  "--out", str(tmp_path / "q"), "--family", "mvn"]) == 2
     assert "7x7" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "0"),

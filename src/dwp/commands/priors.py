@@ -37,6 +37,25 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _layer_kernels(
+    name: str, path: Path, test_path: Path | None
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """One layer's training kernels (N, k, k), its test kernels (M, k, k) or None, and where
+    the test kernels come from; ``DwpError`` on unreadable files or mismatched sizes."""
+    data = load_kernel_file(path)
+    train = data["train"]
+    test_w, test_src = data.get("test"), str(path) + "[test]"
+    if test_path is not None:
+        td = load_kernel_file(test_path)
+        test_w, test_src = td.get("test", td["train"]), str(test_path)
+    if test_w is not None and test_w.shape[-1] != train.shape[-1]:
+        raise DwpError(
+            f"{name}: test kernels are {test_w.shape[-1]}x{test_w.shape[-1]}, training "
+            f"kernels {train.shape[-1]}x{train.shape[-1]}; give the same layer's kernels"
+        )
+    return train, test_w, test_src
+
+
 def _test_files(kernels: Path, test: Path | None, layers: dict[str, Path]) -> dict[str, Path]:
     if test is None:
         return {}
@@ -128,6 +147,10 @@ def train_prior(
         config["train_k"] = train_k
     if cap != "none":  # likewise
         config["decoder_var_cap"] = cap
+    # every layer's kernels are read and checked before the run folder is created, so bad
+    # input leaves none behind
+    loaded = {name: _layer_kernels(name, path, test_files.get(name))
+              for name, path in layers.items()}
     prepare_run_dir(out, "train-prior", config)
     all_metrics: dict[str, dict] = {}
     for name, path in layers.items():
@@ -137,21 +160,11 @@ def train_prior(
             typer.echo(f"{name}: already trained in {layer_dir}, skipping")
             all_metrics[name] = json.loads(done.read_text())
             continue
-        data = load_kernel_file(path)
-        train = data["train"]
+        train, test_w, test_src = loaded[name]
         if max_train_kernels and train.shape[0] > max_train_kernels:
             g = torch.Generator().manual_seed(seed)
             keep = torch.randperm(train.shape[0], generator=g)[:max_train_kernels]
             train = train[keep.sort().values]
-        test_w, test_src = data.get("test"), str(path) + "[test]"
-        if name in test_files:
-            td = load_kernel_file(test_files[name])
-            test_w, test_src = td.get("test", td["train"]), str(test_files[name])
-        if test_w is not None and test_w.shape[-1] != train.shape[-1]:
-            raise DwpError(
-                f"{name}: test kernels are {test_w.shape[-1]}x{test_w.shape[-1]}, training "
-                f"kernels {train.shape[-1]}x{train.shape[-1]}; give the same layer's kernels"
-            )
         vae_kwargs = dict(epochs=epochs, batch_size=batch_size, lr=lr, z_dim=z_dim,
                           hidden=hidden, arch=arch, device=dev, seed=seed,
                           show_progress=show_progress, desc=name, train_k=train_k,
