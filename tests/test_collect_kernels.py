@@ -134,6 +134,29 @@ def test_bad_inputs_give_clear_errors(tmp_path, run, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_out_must_be_new_empty_or_a_kernel_set(run, tmp_path, capsys):
+    folder, _ = run
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(DwpError, match="not kernel sets.*choose a new --out"):
+        collect_kernels(folder, folder)  # into the source run itself
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+    k = tmp_path / "k"
+    collect_kernels(folder, k, threshold=0.0)
+    collect_kernels(folder, k, threshold=0.0, cap=5)  # rewriting a kernel set is fine
+    assert load_kernel_file(k / "conv2.safetensors")["train"].shape[0] == 5
+    (k / "notes.txt").write_text("mine")
+    (k / "other.json").write_text('{"kind": "something else"}')
+    with pytest.raises(DwpError, match=r"\(notes.txt, other.json\)"):
+        collect_kernels(folder, k, threshold=0.0)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["collect-kernels", str(folder), "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)  # hidden entries do not count
+    assert set(collect_kernels(folder, empty, threshold=0.0)) == {"conv1", "conv2"}
+
+
 def test_cli_collect_kernels(run, tmp_path, capsys):
     folder, _ = run
     code = main(["collect-kernels", str(folder), "--out", str(tmp_path / "k"), "--cap", "7",

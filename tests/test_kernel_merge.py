@@ -144,6 +144,8 @@ def test_merge_refuses_what_is_not_one_series(halves, tmp_path, capsys):
     with pytest.raises(DwpError, match="no kernel-set metadata"):
         merge_kernel_sets([a, tmp_path / "k-e"], tmp_path / "m")
     assert not (tmp_path / "m").exists()  # nothing written on refusal
+    with pytest.raises(DwpError, match="not kernel sets"):
+        merge_kernel_sets([a, b], tmp_path / "run-c")  # a source run folder
     assert main(["merge-kernels", str(a), str(a), "--out", str(tmp_path / "m")]) == 2
     assert "share source nets" in capsys.readouterr().err
     assert main(["merge-kernels", str(a), str(b), "--out", str(tmp_path / "m"), "--cap", "0"]) == 0

@@ -28,7 +28,7 @@ import torch
 
 from dwp import __version__
 from dwp.kernels import DEFAULT_CAP, cap_indices, norm_stats, save_kernel_grid
-from dwp.kernelsets import find_layers, load_kernel_file, read_metadata
+from dwp.kernelsets import check_kernel_set_out, find_layers, load_kernel_file, read_metadata
 from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 # Source-run settings that do not change the trained nets (or that a split changes).
@@ -201,6 +201,7 @@ def merge_kernel_sets(
         raise DwpError(f"--cap must be a positive number of kernels (or 0 for all), got {cap}")
     if any(out.resolve() == p.resolve() for p in parts):
         raise DwpError(f"--out {out} is one of the kernel sets to merge: choose a new folder")
+    check_kernel_set_out(out)
     files, metas = _read_parts(parts)
     _check_parts(parts, metas)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dwp import __version__
+from dwp.kernelsets import check_kernel_set_out
 from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 DEFAULT_THRESHOLD = 1e-2
@@ -226,6 +227,7 @@ def collect_kernels(
 
     if threshold < 0:
         raise DwpError(f"--threshold must be >= 0, got {threshold}")
+    check_kernel_set_out(out)
     tensors, meta = load_source_run(run)
     convs = conv_weight_keys(tensors)
     if not convs:

@@ -95,6 +95,51 @@ def find_layers(path: str | Path) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
+KERNEL_SET_KIND = "dwp-kernel-set"
+
+
+def _is_kernel_set_file(path: Path) -> bool:
+    """Whether ``path`` is a ``NAME.json`` or ``NAME.safetensors`` written for a kernel set."""
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text()).get("kind") == KERNEL_SET_KIND
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get("kind") == KERNEL_SET_KIND
+    except (OSError, ValueError, AttributeError, RuntimeError):  # unreadable: not ours
+        return False
+    return False
+
+
+def check_kernel_set_out(out: str | Path) -> None:
+    """Refuse an ``--out`` that is a file or a folder holding anything but kernel sets.
+
+    A new or empty folder, or one that ``collect-kernels`` / ``merge-kernels`` wrote (whose
+    layers are then rewritten), is fine. Anything else would mix kernel files into unrelated
+    files (a source run folder, say), and every ``.safetensors`` there would later be read as a
+    layer. Hidden files are ignored. Raises ``DwpError`` naming what is in the way.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DwpError(f"--out {out} is a file, not a folder: choose a new --out")
+    if not out.is_dir():
+        return
+    entries = [p for p in sorted(out.iterdir()) if not p.name.startswith(".")]
+    ours = {p.stem for p in entries if p.is_file() and _is_kernel_set_file(p)}
+    foreign = [p.name for p in entries
+               if not (p.is_file() and p.suffix in (".json", ".safetensors", ".png")
+                       and p.stem in ours
+                       and (p.suffix == ".png" or _is_kernel_set_file(p)))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise DwpError(
+            f"--out {out} holds files that are not kernel sets ({shown}): choose a new --out, "
+            "or an empty folder"
+        )
+
+
 def read_metadata(kernel_file: str | Path) -> dict:
     """Return the JSON metadata beside a kernel file, or ``{}`` when there is none."""
     meta = Path(kernel_file).with_suffix(".json")
