@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dwp.runtime import DwpError
+from dwp.runtime import DwpError, check_out_folder
 
 KERNEL_SUFFIXES = (".safetensors", ".npy")
 
@@ -122,22 +122,14 @@ def check_kernel_set_out(out: str | Path) -> None:
     layer. Hidden files are ignored. Raises ``DwpError`` naming what is in the way.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DwpError(f"--out {out} is a file, not a folder: choose a new --out")
-    if not out.is_dir():
-        return
-    entries = [p for p in sorted(out.iterdir()) if not p.name.startswith(".")]
-    ours = {p.stem for p in entries if p.is_file() and _is_kernel_set_file(p)}
-    foreign = [p.name for p in entries
-               if not (p.is_file() and p.suffix in (".json", ".safetensors", ".png")
-                       and p.stem in ours
-                       and (p.suffix == ".png" or _is_kernel_set_file(p)))]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise DwpError(
-            f"--out {out} holds files that are not kernel sets ({shown}): choose a new --out, "
-            "or an empty folder"
-        )
+    entries = list(out.iterdir()) if out.is_dir() else []
+    ours = {p for p in entries if p.is_file() and _is_kernel_set_file(p)}  # .json, .safetensors
+    layers = {p.stem for p in ours}
+    check_out_folder(
+        out, lambda p: p in ours or (p.suffix == ".png" and p.is_file() and p.stem in layers),
+        lambda shown: f"--out {out} holds files that are not kernel sets ({shown}): choose a "
+        "new --out, or an empty folder",
+    )
 
 
 def read_metadata(kernel_file: str | Path) -> dict:

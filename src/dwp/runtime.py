@@ -9,7 +9,7 @@ import json
 import os
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,24 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def check_out_folder(
+    out: Path, is_ours: Callable[[Path], bool], refusal: Callable[[str], str]
+) -> None:
+    """Refuse an output path that is a file, or a folder holding an entry ``is_ours`` rejects.
+
+    Hidden entries (``.name``) are ignored; a missing or empty folder passes. ``refusal(shown)``
+    builds the ``DwpError`` message from the first foreign names, e.g. ``"a, b, c, ..."``.
+    """
+    if out.exists() and not out.is_dir():
+        raise DwpError(f"--out {out} is a file, not a folder: choose a new --out")
+    if not out.is_dir():
+        return
+    foreign = [p.name for p in sorted(out.iterdir())
+               if not p.name.startswith(".") and not is_ours(p)]
+    if foreign:
+        raise DwpError(refusal(", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")))
+
+
 def prepare_run_dir(out: str | Path, command: str, config: dict[str, Any]) -> Path:
     """Create the run folder ``out`` and write ``config.json`` (command, config, dwp version).
 
@@ -145,17 +163,13 @@ def prepare_run_dir(out: str | Path, command: str, config: dict[str, Any]) -> Pa
     out = Path(out)
     cfg_path = out / "config.json"
     record = {"command": command, "config": config, "dwp_version": __version__}
-    if out.exists() and not out.is_dir():
-        raise DwpError(f"--out {out} is a file, not a folder: choose a new --out")
-    if out.is_dir() and not cfg_path.exists():
-        held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-        if held:
-            shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            raise DwpError(
-                f"--out {out} exists and is not a dwp run folder (it holds {shown} but no "
-                "config.json): choose a new --out, or an empty folder"
-            )
-    if cfg_path.exists():
+    is_run = cfg_path.exists()
+    check_out_folder(
+        out, lambda _: is_run,
+        lambda shown: f"--out {out} exists and is not a dwp run folder (it holds {shown} but no "
+        "config.json): choose a new --out, or an empty folder",
+    )
+    if is_run:
         try:
             old = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
