@@ -28,7 +28,13 @@ import torch
 
 from dwp import __version__
 from dwp.kernels import DEFAULT_CAP, cap_indices, norm_stats, save_kernel_grid
-from dwp.kernelsets import check_kernel_set_out, find_layers, load_kernel_file, read_metadata
+from dwp.kernelsets import (
+    KERNEL_SET_KIND,
+    check_kernel_set_out,
+    find_layers,
+    load_kernel_file,
+    read_metadata,
+)
 from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 # Source-run settings that do not change the trained nets (or that a split changes).
@@ -135,7 +141,7 @@ def _read_parts(parts: list[Path]) -> tuple[list[dict[str, Path]], list[dict[str
         meta = {}
         for name, path in layers.items():
             rec = read_metadata(path)
-            if rec.get("kind") != "dwp-kernel-set":
+            if rec.get("kind") != KERNEL_SET_KIND:
                 raise DwpError(f"{path} has no kernel-set metadata ({path.with_suffix('.json')}): "
                                "only kernel sets written by 'dwp collect-kernels' can be merged")
             meta[name] = rec
@@ -222,7 +228,7 @@ def merge_kernel_sets(
         accs = [(r.get("source_mean_heldout_acc"), r.get("source_nets", 0)) for r in records]
         saved = torch.cat([layer_tensors[s] for s in ("train", "test") if s in layer_tensors])
         record = {
-            "kind": "dwp-kernel-set",
+            "kind": KERNEL_SET_KIND,
             "dwp_version": __version__,
             "merged_from": [str(p.resolve()) for p in parts],
             "source_run": [r.get("source_run") for r in records],
@@ -245,7 +251,7 @@ def merge_kernel_sets(
             "parts": [{k: r.get(k) for k in PART_KEYS} for r in records],
         }
         with atomic_path(out / f"{name}.safetensors") as tmp:
-            save_file(layer_tensors, str(tmp), metadata={"kind": "dwp-kernel-set", "layer": name})
+            save_file(layer_tensors, str(tmp), metadata={"kind": KERNEL_SET_KIND, "layer": name})
         k = first["kernel_size"]
         record["png_scale"] = save_kernel_grid(
             layer_tensors["train"], out / f"{name}.png", n=grid_kernels, seed=seed,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dwp import __version__
-from dwp.kernelsets import check_kernel_set_out
+from dwp.kernelsets import KERNEL_SET_KIND, check_kernel_set_out
 from dwp.runtime import DwpError, atomic_path, atomic_write_json, mix_seed
 
 DEFAULT_THRESHOLD = 1e-2
@@ -264,7 +264,7 @@ def collect_kernels(
     for name, (key, shape, layer_tensors, info) in selected.items():
         k = int(shape[-1])
         record = {
-            "kind": "dwp-kernel-set",
+            "kind": KERNEL_SET_KIND,
             "dwp_version": __version__,
             "source_run": str(Path(run).resolve()),
             "source_dataset": meta.get("dataset"),
@@ -286,7 +286,7 @@ def collect_kernels(
             **info,
         }
         with atomic_path(out / f"{name}.safetensors") as tmp:
-            save_file(layer_tensors, str(tmp), metadata={"kind": "dwp-kernel-set", "layer": name})
+            save_file(layer_tensors, str(tmp), metadata={"kind": KERNEL_SET_KIND, "layer": name})
         vmax = save_kernel_grid(
             layer_tensors["train"], out / f"{name}.png", n=grid_kernels, seed=seed,
             title=f"{name}: random train kernels ({k}x{k}), shared scale",
