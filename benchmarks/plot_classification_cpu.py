@@ -11,8 +11,9 @@ their full records) were lost keep their test accuracy in
 count too, where no full record of the same method, prior, N and seed exists.
 ``--dwp A+B+C`` pools the runs of prior folders made by one recipe (a prior and its rebuilds)
 into one curve; where several of them ran the same N and seed, A's run counts, then B's.
-Prints a markdown table (mean ± std over seeds, number of seeds), then, per dwp curve, its
-differences from each baseline paired by seed (mean, t, seeds ahead), and writes the plot.
+Prints a markdown table (mean ± std over seeds, number of seeds), then the mean test NLL and
+ECE per cell (of the runs whose full records survive), then, per dwp curve, its differences
+from each baseline paired by seed (mean, t, seeds ahead), and writes the plot.
 
     python benchmarks/plot_classification_cpu.py --dwp runs/prior-cpu3e300 \
         runs/prior-cpu3aug+runs/prior-cpu3aug2+benchmarks/priors/notmnist-cpu3aug \
@@ -25,7 +26,12 @@ import argparse
 import json
 from pathlib import Path
 
-from dwp.experiments.classification import PAPER_FIG2, paired_table, summarize
+from dwp.experiments.classification import (
+    PAPER_FIG2,
+    calibration_table,
+    paired_table,
+    summarize,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("mnist-n50-paperlength-cpu.jsonl", "mnist-classification.jsonl")
@@ -136,6 +142,7 @@ def main() -> None:
                 cells.append(f"{s[n][0]:.3f}{spread} ({s[n][2]}){paper}")
         print(f"| {label} | " + " | ".join(cells) + " |")
     flat = [{**r, "method": label} for label, rs in rows.items() for r in rs]
+    print(f"\n{calibration_table(flat, methods=list(rows))}")
     for label in dict.fromkeys(label for label, _ in dwp_labels(args.dwp).values()):
         if paired := paired_table(flat, method=label, baselines=BASELINES):
             print(f"\n{paired}")

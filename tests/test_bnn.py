@@ -139,6 +139,22 @@ def test_summary_table_and_plot(tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 1000
 
 
+def test_calibration_table_means_nll_and_ece_over_full_records():
+    from dwp.experiments.classification import calibration_table
+
+    rows = [{"method": "log-uniform", "n": 50, "seed": 0, "accuracy": .7, "nll": 1.0, "ece": .10},
+            {"method": "log-uniform", "n": 50, "seed": 1, "accuracy": .7, "nll": 2.0, "ece": .30},
+            {"method": "log-uniform", "n": 100, "seed": 0, "accuracy": .8},  # accuracy only
+            {"method": "dwp", "n": 100, "seed": 0, "accuracy": .8, "nll": 0.5, "ece": .05}]
+    lines = calibration_table(rows).splitlines()
+    assert lines[0] == "| method (test NLL / ECE) | N=50 | N=100 |"
+    # METHODS order: dwp before log-uniform; log-uniform's N = 100 row has no NLL, so '-'
+    assert lines[2] == "| dwp | - | 0.500 / 0.050 (1) |"
+    assert lines[3] == "| log-uniform | 1.500 / 0.200 (2) | - |"
+    assert calibration_table(rows, methods=["log-uniform"]).splitlines()[2:] == [lines[3]]
+    assert calibration_table([rows[2]]) == ""
+
+
 def test_paired_table_pairs_by_seed():
     from dwp.experiments.classification import paired_differences, paired_table
 
@@ -169,7 +185,9 @@ def test_experiment_classification_resumes(tmp_path, data_root):
     keys = sorted((r["method"], r["seed"]) for r in rows)
     assert keys == [("deterministic", 0), ("standard-normal", 0)]  # sn/0 was not repeated
     assert all(r["note"] == "test" and r["test_examples"] == 100 for r in rows)
-    assert (tmp_path / "summary.md").exists() and (tmp_path / "accuracy.png").exists()
+    assert (tmp_path / "accuracy.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| standard-normal | 0." in summary and "(test NLL / ECE)" in summary
     assert not (tmp_path / "checkpoints").exists()  # resume files and their folder removed
     fresh = [*base[:2], "--out", str(tmp_path / "new"), *base[4:]]
     sizes_at = fresh.index("--sizes") + 1

@@ -300,7 +300,12 @@ def experiment_classification(
     """Run every (method, N, seed) not yet in OUT/results.jsonl, then summarise and plot."""
     from dwp.bnn import run_classification
     from dwp.data import class_balanced_subset, load_dataset
-    from dwp.experiments.classification import paired_table, plot_accuracy, summary_table
+    from dwp.experiments.classification import (
+        calibration_table,
+        paired_table,
+        plot_accuracy,
+        summary_table,
+    )
     from dwp.precision import check_precision
     from dwp.priorspec import canonical_method, resolve_priors
     from dwp.runtime import (
@@ -393,6 +398,8 @@ def experiment_classification(
     table = summary_table(rows)
     if paired := paired_table(rows):
         table += "\n\n" + paired
+    if calibration := calibration_table(rows):
+        table += "\n\n" + calibration
     atomic_write_text(out / "summary.md", table + "\n")
     plot_accuracy(rows, out / "accuracy.png")
     typer.echo(table)

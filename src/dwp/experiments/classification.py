@@ -53,6 +53,32 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(rows: list[dict[str, Any]], methods: list[str] | None = None) -> str:
+    """A markdown table: method x N, cells 'NLL / ECE (runs)', each the mean over seeds of the
+    test NLL (nats per image) and the expected calibration error. Rows without both (records
+    that kept only the accuracy) are left out. ``methods`` orders the rows (default: the order
+    of :data:`dwp.priorspec.METHODS`, then any other method in order of appearance). Empty
+    string if no row has both."""
+    full = [r for r in rows if r.get("nll") is not None and r.get("ece") is not None]
+    if not full:
+        return ""
+    nll = {(s["method"], s["n"]): s for s in summarize(full, "nll")}
+    ece = {(s["method"], s["n"]): s for s in summarize(full, "ece")}
+    sizes = sorted({n for _, n in nll})
+    present = list(dict.fromkeys(r["method"] for r in full))
+    order = methods if methods is not None else (
+        [m for m in METHODS if m in present] + [m for m in present if m not in METHODS])
+    lines = ["| method (test NLL / ECE) | " + " | ".join(f"N={n}" for n in sizes) + " |",
+             "|---" * (len(sizes) + 1) + "|"]
+    for m in order:
+        if not any((m, n) in nll for n in sizes):
+            continue
+        cells = [f"{nll[(m, n)]['mean']:.3f} / {ece[(m, n)]['mean']:.3f} ({nll[(m, n)]['runs']})"
+                 if (m, n) in nll else "-" for n in sizes]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paired_differences(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     """``a`` minus ``b`` over the seeds both have ({seed: accuracy} each): the seeds, the
     differences, their mean and sample sd, t = mean / (sd / sqrt(seeds)) (None for fewer than 2
