@@ -33,13 +33,18 @@ def summarize(rows: list[dict[str, Any]], key: str = "accuracy") -> list[dict[st
     return out
 
 
+def _header(first: str, sizes: list[int]) -> list[str]:
+    """The two header lines of a markdown table with column ``first`` then one per N."""
+    return ["| " + " | ".join([first, *(f"N={n}" for n in sizes)]) + " |",
+            "|---" * (len(sizes) + 1) + "|"]
+
+
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: method x N, cells 'accuracy mean ± std (runs)', paper value beside."""
     summ = {(s["method"], s["n"]): s for s in summarize(rows)}
     sizes = sorted({n for _, n in summ})
     methods = [m for m in METHODS if any((m, n) in summ for n in sizes)]
-    lines = ["| method | " + " | ".join(f"N={n}" for n in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
+    lines = _header("method", sizes)
     for m in methods:
         cells = []
         for n in sizes:
@@ -68,8 +73,7 @@ def calibration_table(rows: list[dict[str, Any]], methods: list[str] | None = No
     present = list(dict.fromkeys(r["method"] for r in full))
     order = methods if methods is not None else (
         [m for m in METHODS if m in present] + [m for m in present if m not in METHODS])
-    lines = ["| method (test NLL / ECE) | " + " | ".join(f"N={n}" for n in sizes) + " |",
-             "|---" * (len(sizes) + 1) + "|"]
+    lines = _header("method (test NLL / ECE)", sizes)
     for m in order:
         if not any((m, n) in nll for n in sizes):
             continue
@@ -122,8 +126,7 @@ def paired_table(rows: list[dict[str, Any]], method: str = "dwp",
             lines.append(f"| {method} − {base} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    return "\n".join(["| paired by seed | " + " | ".join(f"N={n}" for n in sizes) + " |",
-                      "|---" * (len(sizes) + 1) + "|", *lines])
+    return "\n".join([*_header("paired by seed", sizes), *lines])
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Any) -> None:
